@@ -1,0 +1,182 @@
+"""Load checkpoints written by the paper's training code (or ours) into our models, safely.
+
+Files load with ``weights_only=True``: tensors and plain containers only, since a pickle can run
+arbitrary code. A whole pickled ``nn.Module`` needs ``trust_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from niff.architecture import head_classes, infer_architecture
+from niff.registry import ModelEntry, ModelSpec, Preprocessing, build_model, get_entry
+
+# Wrapper keys training scripts put around the state_dict, tried in this order.
+WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "net")
+EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
+# Prefixes left by DistributedDataParallel / DataParallel and torch.compile.
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+# Optional metadata a checkpoint may carry beside its weights: {"preprocessing": {Preprocessing fields},
+# "labels": [class names]}. Our digits training script writes it; export and serving then need no flags.
+METADATA_KEY = "niff"
+# Harmless types training scripts store beside the weights (the ConvNeXt script saves its argparse args).
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the requested architecture."""
+
+
+def read_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) -> Any:
+    """The object stored in a checkpoint file, with errors that say what is wrong with the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no such checkpoint file: {path}")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        if trust_pickle:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(exc)}") from None
+        if "Weights only load failed" in str(exc) and "GLOBAL" in str(exc):
+            raise CheckpointError(
+                f"{path} holds pickled Python objects ({_unsupported_global(exc)}), not just tensors; "
+                "loading them can run code. If you trust the file, pass trust_pickle=True (niff-export --trust-pickle)."
+            ) from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(exc)}") from None
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        AttributeError,
+        ImportError,
+        ModuleNotFoundError,
+    ) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(exc)}") from None
+
+
+def extract_state_dict(obj: Any, ema: bool = False) -> dict[str, Tensor]:
+    """The model weights inside a checkpoint object: unwraps training wrappers and DDP/compile prefixes."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state_dict or a training checkpoint")
+    if ema:
+        key = next((k for k in EMA_KEYS if isinstance(obj.get(k), (Mapping, nn.Module))), None)
+        if key is None:
+            raise CheckpointError(f"ema=True but the checkpoint has no EMA weights (looked for {', '.join(EMA_KEYS)})")
+        return extract_state_dict(obj[key])
+    if not any(isinstance(v, Tensor) for v in obj.values()):
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), (Mapping, nn.Module))), None)
+        if key is None:
+            raise CheckpointError(
+                f"checkpoint is a dict without tensors or a known wrapper key ({', '.join(WRAPPER_KEYS)}); "
+                f"its keys: {', '.join(map(str, list(obj)[:8]))}"
+            )
+        return extract_state_dict(obj[key])
+    state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    for prefix in STRIP_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def describe_mismatch(model: nn.Module, state_dict: Mapping[str, Tensor], limit: int = 5) -> str | None:
+    """Missing and unexpected keys and shape mismatches (first few of each, with counts), or None if it fits."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k} (checkpoint {list(state_dict[k].shape)}, model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    parts = [
+        f"{len(items)} {label}: {', '.join(items[:limit])}{', …' if len(items) > limit else ''}"
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+        if items
+    ]
+    return "; ".join(parts) or None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    arch: str | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    ema: bool = False,
+) -> nn.Module:
+    """A model in eval mode with the checkpoint's weights loaded strictly.
+
+    ``arch`` names a zoo model; without it the architecture is read from the keys. The class count
+    comes from the checkpoint's head unless ``num_classes`` is given (then they must agree).
+    ``ema=True`` takes the EMA weights a training checkpoint carries.
+    """
+    stored = read_checkpoint(path, trust_pickle)
+    state_dict = extract_state_dict(stored, ema)
+    if not state_dict:
+        raise CheckpointError(f"{os.fspath(path)} holds no tensors")
+    head = head_classes(state_dict)
+    if num_classes is not None and head is not None and num_classes != head:
+        raise CheckpointError(f"num_classes={num_classes} but the checkpoint's classifier head has {head} classes")
+    classes = num_classes or head
+    if arch is not None:
+        entry = _entry(arch)
+        model = build_model(entry.builder, entry.arch_kwargs, classes or entry.num_classes, entry.preprocessing)
+    else:
+        try:
+            inferred = infer_architecture(state_dict)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        model = build_model(inferred.builder, inferred.arch_kwargs, classes or inferred.num_classes)
+    problem = describe_mismatch(model, state_dict)
+    if problem:
+        raise CheckpointError(f"checkpoint does not fit {model.niff_spec.arch or model.niff_spec.builder}: {problem}")
+    model.load_state_dict(state_dict, strict=True)
+    model.niff_spec = _with_metadata(model.niff_spec, stored)
+    return model.eval()
+
+
+def _with_metadata(spec: ModelSpec, stored: Any) -> ModelSpec:
+    """Apply the preprocessing and labels a checkpoint may carry under ``"niff"`` (see ``METADATA_KEY``)."""
+    meta = stored.get(METADATA_KEY) if isinstance(stored, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return spec
+    try:
+        preprocessing = Preprocessing(**{**asdict(spec.preprocessing), **meta.get("preprocessing", {})})
+        labels = tuple(str(label) for label in meta["labels"]) if "labels" in meta else spec.labels
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint's {METADATA_KEY!r} metadata is malformed: {exc}") from None
+    if labels is not None and len(labels) != spec.num_classes:
+        raise CheckpointError(f"the checkpoint lists {len(labels)} labels for {spec.num_classes} classes")
+    return replace(spec, preprocessing=preprocessing, labels=labels)
+
+
+def _entry(arch: str) -> ModelEntry:
+    try:
+        return get_entry(arch)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _unsupported_global(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if "GLOBAL" in line:
+            return line.strip().rstrip(".")
+    return "unsupported globals"
