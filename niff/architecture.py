@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from niff.models import BasicBlock, Bottleneck, ConvNeXt, DenseNet, MobileNetV2, ResNet
-from niff.models.mobilenet import _make_divisible
+from niff.models.mobilenet import DEFAULT_SETTING, _make_divisible
 
 StateDict = Mapping[str, Tensor]
 
@@ -88,14 +88,27 @@ def _read_densenet(sd: StateDict) -> Inferred | None:
     return Inferred(DenseNet, kwargs, sd["classifier.weight"].shape[0])
 
 
+def _mobilenet_widths(width_mult: float) -> list[int]:
+    """Stem, per-block and last widths MobileNetV2 builds for a width multiplier (default setting)."""
+    blocks = [_make_divisible(c * width_mult, 8) for _, c, n, _ in DEFAULT_SETTING for _ in range(n)]
+    return [_make_divisible(32 * width_mult, 8), *blocks, _make_divisible(1280 * max(1.0, width_mult), 8)]
+
+
 def _read_mobilenet(sd: StateDict) -> Inferred | None:
     if "features.0.0.weight" not in sd or "classifier.1.weight" not in sd:
         return None
-    stem = sd["features.0.0.weight"].shape[0]
+    block_widths = []
+    for block in range(1, _count(sd, r"features\.(\d+)\.conv\.") + 1):
+        norms = [k for k in sd if re.fullmatch(rf"features\.{block}\.conv\.\d+\.running_mean", k)]
+        block_widths.append(sd[max(norms, key=lambda k: int(k.split(".")[3]))].shape[0])
+    found = [sd["features.0.0.weight"].shape[0], *block_widths, sd["classifier.1.weight"].shape[1]]
     kwargs: dict[str, Any] = {}
-    if stem != 32:
-        widths = [w / 100 for w in range(10, 401, 5)]
-        kwargs["width_mult"] = next((w for w in widths if _make_divisible(32 * w, 8) == stem), stem / 32)
+    if found != _mobilenet_widths(1.0):
+        # The first multiplier on a 0.05 grid that builds these widths; any that does builds the same model.
+        width_mult = next((w / 100 for w in range(5, 401, 5) if _mobilenet_widths(w / 100) == found), None)
+        if width_mult is None:
+            return None
+        kwargs["width_mult"] = width_mult
     return Inferred(MobileNetV2, kwargs, sd["classifier.1.weight"].shape[0])
 
 

@@ -1,0 +1,94 @@
+"""Writing the two model files: ONNX (checked by onnx.checker) and TorchScript."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from export.errors import ExportError
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# The ONNX DFT op exists from opset 20; the matmul lowering only needs long-standing ops.
+DEFAULT_OPSET = {"matmul": 18, "dft": 20}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence exporter chatter (deprecation notes, tracer warnings, progress prints)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def write_onnx(model: nn.Module, size: int, path: Path, lowering: str, opset: int | None) -> dict[str, Any]:
+    """Export with a dynamic batch axis, then run onnx.checker's full check on the file.
+
+    The matmul lowering goes through the TorchScript-based exporter (seconds for a ResNet-50); the
+    DFT lowering needs the dynamo exporter, the one that translates torch.fft to ONNX ``DFT``.
+    """
+    opset = opset or DEFAULT_OPSET[lowering]
+    if lowering == "dft" and opset < 20:
+        raise ExportError(f"the ONNX DFT op needs opset >= 20, got --opset {opset}")
+    example = torch.randn(2, 3, size, size)
+    try:
+        with _quiet(), torch.no_grad():
+            if lowering == "matmul":
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(path),
+                    dynamo=False,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    opset_version=opset,
+                )
+                exporter = "torch.onnx (TorchScript-based)"
+            else:
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                program = torch.onnx.export(
+                    model,
+                    (example,),
+                    dynamo=True,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: batch},),
+                    opset_version=opset,
+                )
+                program.save(str(path))
+                exporter = "torch.onnx (dynamo)"
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"ONNX export failed: {exc}") from exc
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the exported ONNX model fails onnx.checker: {exc}") from exc
+    return {"lowering": lowering, "opset": opset, "exporter": exporter}
+
+
+def write_torchscript(model: nn.Module, path: Path) -> dict[str, Any]:
+    """Script (not trace) the baked model, so any batch size and device work after torch.jit.load."""
+    try:
+        with _quiet():
+            torch.jit.script(model).save(str(path))
+    except Exception as exc:
+        raise ExportError(f"TorchScript export failed: {exc}") from exc
+    return {"exporter": "torch.jit.script"}

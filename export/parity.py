@@ -1,0 +1,76 @@
+"""The parity gate: eager vs baked vs every written artifact, on random inputs and real photos."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+FP32_TOLERANCE = 1e-4
+# Half precision keeps ~3 significant digits per operation; across a deep network the logits drift
+# by up to ~1e-3 relative, so the fp16 gate allows 1e-2 and still requires the same top-1 on photos.
+FP16_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    """One comparison of a candidate's logits with the eager model's on one input set."""
+
+    candidate: str
+    inputs: str
+    max_abs: float
+    rel_err: float
+    top1_agreement: float
+
+
+def compare(candidate: str, inputs: str, reference: Tensor, output: Tensor) -> ParityRow:
+    reference, output = reference.double(), output.double()
+    return ParityRow(
+        candidate=candidate,
+        inputs=inputs,
+        max_abs=float((output - reference).abs().max()),
+        rel_err=float((output - reference).norm() / reference.norm().clamp_min(1e-30)),
+        top1_agreement=float((output.argmax(1) == reference.argmax(1)).double().mean()),
+    )
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    rows: tuple[ParityRow, ...]
+    tolerance: float
+
+    @property
+    def failures(self) -> list[ParityRow]:
+        """Rows over the relative tolerance, or with a different top-1 class on a real photo."""
+        return [
+            row
+            for row in self.rows
+            if not row.rel_err <= self.tolerance or (row.inputs == "photos" and row.top1_agreement < 1.0)
+        ]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def table(self) -> str:
+        header = f"{'candidate':<22}{'inputs':<9}{'max abs':>11}{'rel err':>11}{'top-1':>8}  verdict"
+        lines = [header, "-" * len(header)]
+        failing = set(map(id, self.failures))
+        for row in self.rows:
+            verdict = "FAIL" if id(row) in failing else "ok"
+            lines.append(
+                f"{row.candidate:<22}{row.inputs:<9}{row.max_abs:>11.2e}{row.rel_err:>11.2e}"
+                f"{row.top1_agreement:>8.0%}  {verdict}"
+            )
+        lines.append(f"tolerance: relative error <= {self.tolerance:g}; identical top-1 on photos")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"tolerance": self.tolerance, "passed": self.passed, "rows": [asdict(r) for r in self.rows]}
+
+
+def parity_inputs(size: int, photos: Tensor, seed: int = 0) -> dict[str, Tensor]:
+    """Seeded random inputs (batch 3, to exercise a batch the export never saw) and the real photos."""
+    generator = torch.Generator().manual_seed(seed)
+    return {"random": torch.randn(3, 3, size, size, generator=generator), "photos": photos}

@@ -1,0 +1,61 @@
+"""Access to the golden vectors made by running the paper's own code (../shared/reference)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from niff.layers import FreqConv1x1, FreqConvDW, FreqConvFull, split_conv
+
+_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE_DIR = Path(os.environ.get("NIFF_REFERENCE_DIR", _DEFAULT))
+MISSING_REASON = f"golden vectors not found at {REFERENCE_DIR} (set NIFF_REFERENCE_DIR)"
+
+
+@dataclass(frozen=True)
+class Golden:
+    file: str
+    meta: dict[str, Any]
+
+    @property
+    def is_layer(self) -> bool:
+        return self.file.startswith("layer_")
+
+    def load(self) -> dict[str, Any]:
+        return torch.load(REFERENCE_DIR / self.file, weights_only=True)
+
+
+def available() -> bool:
+    return (REFERENCE_DIR / "index.json").is_file()
+
+
+def vectors() -> list[Golden]:
+    if not available():
+        return []
+    return [Golden(entry["file"], entry) for entry in json.loads((REFERENCE_DIR / "index.json").read_text())]
+
+
+def layer_for(meta: dict[str, Any]) -> nn.Module:
+    """Our layer for a golden layer file, from the reference constructor call recorded in its meta."""
+    ref, c, o = meta["reference"], meta.get("C"), meta.get("O")
+    if "FreqConv_DW_fftifft" in ref:
+        return FreqConvDW(c, mlp="big" if "niff_big" in ref else "small")
+    if "FreqConv_DW_fft(C)" in ref:
+        return split_conv(c, o)
+    if "FreqConv_1x1_fftifft_convnext" in ref:
+        return FreqConv1x1(c, o, channels_last=True)
+    if "FreqConv_1x1_fftifft" in ref:
+        return FreqConv1x1(c, o)
+    if "FreqConv_full_fftifft" in ref:
+        return FreqConvFull(c, o)
+    raise KeyError(f"no layer mapping for {ref}")
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((ours.double() - reference.double()).norm() / reference.double().norm())
