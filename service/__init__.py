@@ -1,0 +1,5 @@
+"""niff-serve: the inference service for exported NIFF models (REST classification and KServe v2)."""
+
+from service.version import __version__
+
+__all__ = ["__version__"]

@@ -1,0 +1,5 @@
+"""``python -m service`` is ``niff-serve``."""
+
+from service.cli import main
+
+main()

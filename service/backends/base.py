@@ -1,0 +1,22 @@
+"""What the batcher needs from a runtime: one blocking call from float32 images to float32 logits."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import numpy as np
+
+BackendKind = Literal["onnxruntime", "torchscript"]
+DeviceKind = Literal["cpu", "cuda"]
+
+
+class Backend(ABC):
+    """A loaded model. ``run`` is called from one worker thread at a time, never on the event loop."""
+
+    kind: BackendKind
+    device: DeviceKind
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits ``[N, C]`` float32 for a contiguous float32 batch ``[N, 3, S, S]``."""

@@ -1,0 +1,140 @@
+"""``niff-serve``: validate settings and the model repository, then run uvicorn until SIGTERM.
+
+Options mirror :class:`~service.settings.Settings` one to one (``--max-batch-size`` is
+``NIFF_MAX_BATCH_SIZE``) and override the environment. Bad settings or an unusable model folder end
+the process with one line on stderr and exit status 2; a model that fails to load or warm up ends it
+with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Literal, NoReturn, get_args, get_origin
+
+import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from service.app import create_app
+from service.backends import choose_backend
+from service.errors import ConfigurationError, describe_errors
+from service.logs import configure_logging
+from service.repository import scan_repository
+from service.runtime import ServiceState
+from service.settings import Settings, env_name
+from service.version import __version__
+
+PROG = "niff-serve"
+logger = logging.getLogger(__name__)
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One option per setting, its help text taken from the setting's description."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve every model folder of a model repository over HTTP (REST classify and KServe v2).",
+        epilog="Every option can also be set by its environment variable; the command line wins.",
+    )
+    for name, field in Settings.model_fields.items():
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        if field.is_required():
+            default = "required"
+        elif field.default_factory is not None:
+            default = "see above"
+        else:
+            default = "unset" if field.default is None else f"{field.default}"
+        parser.add_argument(
+            option_name(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            choices=choices,
+            metavar=name.split("_")[-1].upper() if choices is None else None,
+            help=f"{field.description} [env {env_name(name)}; default: {default}]",
+        )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Settings from the environment, overridden by the command line; exits with a message when invalid."""
+    args = build_parser().parse_args(argv)
+    try:
+        return Settings(**vars(args))
+    except ValidationError as exc:
+        fail("invalid settings: " + describe_errors(exc.errors(), lambda f: f"{option_name(f)} / {env_name(f)}"))
+    except SettingsError as exc:
+        fail(f"invalid settings: {exc}")
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn with a drain phase before the usual graceful stop.
+
+    On SIGTERM readiness turns false at once and the server keeps serving for ``delay_s`` (so load
+    balancers stop routing to it); then it stops accepting connections and finishes the requests in
+    flight. A second signal skips the rest of the delay.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState, delay_s: float) -> None:
+        super().__init__(config)
+        self._state = state
+        self._delay_s = delay_s
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        stop = super().handle_exit
+        if self._state.draining or self._delay_s == 0:
+            self._state.begin_drain()
+            stop(sig, frame)
+            return
+        self._state.begin_drain()
+
+        def stop_after_delay() -> None:
+            logger.info("not ready since SIGTERM %.1f s ago; now draining", self._delay_s)
+            stop(sig, None)
+
+        timer = threading.Timer(self._delay_s, stop_after_delay)
+        timer.daemon = True
+        timer.start()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``niff-serve`` console script: check everything that can be checked cheaply, then serve."""
+    settings = load_settings(argv)
+    try:
+        for folder in scan_repository(settings.model_repository):
+            choose_backend(folder, settings)
+    except ConfigurationError as exc:
+        fail(str(exc))
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    state: ServiceState = app.state.service
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        # Every request ends by its deadline, so in-flight work is done by then.
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 2,
+    )
+    server = DrainingServer(config, state, settings.shutdown_delay_s)
+    try:
+        server.run()
+    except SystemExit:
+        if state.startup_error is not None:
+            fail(f"start-up failed: {state.startup_error}", status=1)
+        raise

@@ -1,0 +1,88 @@
+"""Errors that become HTTP answers, and the one place that words pydantic validation errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+
+class ServiceError(Exception):
+    """A failure with a status code and a message meant for the client (the JSON body's ``error``)."""
+
+    status_code = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class RequestTimeout(ServiceError):
+    """The client did not finish sending its body in time."""
+
+    status_code = 408
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+
+
+class ClientClosedRequest(ServiceError):
+    """The client went away; nobody reads this answer, the status only labels logs and metrics."""
+
+    status_code = 499
+
+
+class InferenceFailed(ServiceError):
+    """The backend raised while running a batch; only that batch's requests see it."""
+
+    status_code = 500
+
+
+class ServiceUnavailable(ServiceError):
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class QueueFull(ServiceUnavailable):
+    pass
+
+
+class DeadlineExceeded(ServiceError):
+    status_code = 504
+
+
+class ConfigurationError(Exception):
+    """Settings or a model folder that cannot be served; stops start-up with this message."""
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]], name_of: Callable[[str], str] = str) -> str:
+    """Pydantic-style error dicts as ``location: message; ...``; ``name_of`` renames the top-level field."""
+    lines = []
+    for item in errors:
+        loc = [str(part) for part in item["loc"]]
+        where = ".".join([name_of(loc[0]), *loc[1:]]) if loc else ""
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return "; ".join(lines)

@@ -1,0 +1,106 @@
+"""Prometheus metrics, one registry per app so several apps can live in one process (tests, tools)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "ModelMetrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+DROP_REASONS = ("queue_full", "timeout", "cancelled")
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's series with the model label bound, handed to that model's batcher."""
+
+    model: str
+    batch_size: Histogram
+    inference_seconds: Histogram
+    queue_wait_seconds: Histogram
+    preprocess_seconds: Histogram
+    queue_depth: Gauge
+    failures: Counter
+    ready: Gauge
+    _dropped: Counter
+
+    def count_drop(self, reason: str) -> None:
+        """A request given up before its answer: ``queue_full``, ``timeout`` or ``cancelled``."""
+        self._dropped.labels(model=self.model, reason=reason).inc()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter(
+            "niff_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=reg,
+        )
+        self.request_seconds = Histogram(
+            "niff_http_request_duration_seconds",
+            "Time from request start to the end of the response.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        model = ["model"]
+        self._batch_size = Histogram(
+            "niff_batch_size", "Images per inference call.", model, buckets=_BATCH_BUCKETS, registry=reg
+        )
+        self._inference_seconds = Histogram(
+            "niff_inference_duration_seconds",
+            "Backend time of one batch.",
+            model,
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self._queue_wait_seconds = Histogram(
+            "niff_queue_wait_seconds",
+            "Time a request waited in the batch queue.",
+            model,
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self._preprocess_seconds = Histogram(
+            "niff_preprocess_duration_seconds",
+            "Decode, resize, crop and normalize of one image.",
+            model,
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self._queue_depth = Gauge(
+            "niff_queue_depth", "Images admitted and not yet in a running batch.", model, registry=reg
+        )
+        self._dropped = Counter(
+            "niff_requests_dropped",
+            "Requests given up before their answer, by reason: " + ", ".join(DROP_REASONS) + ".",
+            ["model", "reason"],
+            registry=reg,
+        )
+        self._failures = Counter("niff_inference_failures", "Batches whose backend call raised.", model, registry=reg)
+        self._ready = Gauge("niff_model_ready", "1 once the model is loaded and warmed up.", model, registry=reg)
+
+    def for_model(self, name: str) -> ModelMetrics:
+        for reason in DROP_REASONS:
+            self._dropped.labels(model=name, reason=reason)
+        return ModelMetrics(
+            model=name,
+            batch_size=self._batch_size.labels(model=name),
+            inference_seconds=self._inference_seconds.labels(model=name),
+            queue_wait_seconds=self._queue_wait_seconds.labels(model=name),
+            preprocess_seconds=self._preprocess_seconds.labels(model=name),
+            queue_depth=self._queue_depth.labels(model=name),
+            failures=self._failures.labels(model=name),
+            ready=self._ready.labels(model=name),
+            _dropped=self._dropped,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,82 @@
+"""Per-request bookkeeping as plain ASGI middleware: request id, access log, HTTP metrics, last-resort 500.
+
+Plain ASGI (not ``BaseHTTPMiddleware``) so the endpoint keeps the raw ``receive`` channel it needs to
+notice client disconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.logs import request_id_var
+from service.metrics import Metrics
+
+access_logger = logging.getLogger("service.access")
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Visible ASCII only, so a client cannot inject line breaks or control bytes into the logs.
+_VALID_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:  # the last line of defence: a bug must not become a dropped connection
+            logger.exception("unhandled error")
+            status = 500
+            if not response_started:
+                response = JSONResponse({"error": "internal server error"}, status_code=500)
+                await response(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(route=template, method=method, status=str(status)).inc()
+            self.metrics.request_seconds.labels(route=template, method=method).observe(elapsed)
+            access_logger.info(
+                "%s %s %d",
+                method,
+                scope["path"],
+                status,
+                extra={"status": status, "duration_ms": round(elapsed * 1000, 2), "route": template},
+            )
+            request_id_var.reset(token)
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _VALID_REQUEST_ID.fullmatch(text) else None
+    return None

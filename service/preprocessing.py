@@ -1,0 +1,113 @@
+"""Untrusted image bytes to the model's input tensor, as niff.json prescribes.
+
+Resize the shorter side, center-crop, scale to [0, 1], normalize: the torchvision/timm evaluation
+pipeline, so served predictions match offline evaluation. Decoding is defensive: only the allowed
+formats are parsed, the pixel count is checked from the header before any pixel is decoded, and every
+decoder failure becomes a 4xx naming the problem.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.repository import PreprocessingSpec
+
+# Only these decoders ever see the bytes (JPEG's also opens MPO, the variant many cameras write).
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+_FORMAT_NAMES = "JPEG, PNG, WebP, BMP or TIFF"
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """An upright RGB image from encoded bytes; 400/413/415 for anything that is not a sane image."""
+    if not data:
+        raise BadRequest("the image is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError:
+        # Pillow's own guard fires above 2 * MAX_IMAGE_PIXELS, before our check can run.
+        limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+        raise PayloadTooLarge(f"the image has more than {limit} pixels, more than this server decodes") from None
+    except Exception:  # Pillow raises many types for bytes it cannot identify
+        known = _sniff(data)
+        if known is not None:
+            raise BadRequest(f"the {known} image is truncated or corrupt (its header does not parse)") from None
+        raise UnsupportedMediaType(f"the data is not a {_FORMAT_NAMES} image") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    if width == 0 or height == 0:
+        raise BadRequest(f"the image is {width}x{height}")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except Exception as exc:  # truncated or corrupt data surfaces as OSError, SyntaxError, ValueError, ...
+        raise BadRequest(f"the {image.format} image is truncated or corrupt ({exc})") from None
+
+
+def _sniff(data: bytes) -> str | None:
+    """The allowed format these bytes claim to be, by their magic number."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        # 16-bit grayscale: Pillow's own conversion clips at 255 instead of scaling.
+        scaled = np.asarray(image, dtype=np.float32) * (255 / 65535)
+        image = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+class Preprocessor:
+    """One model's preprocessing; thread-safe, called from the worker pool."""
+
+    def __init__(self, spec: PreprocessingSpec, max_pixels: int) -> None:
+        self.input_size = spec.input_size
+        self._resize = spec.resize_size
+        self._resample = _RESAMPLING[spec.interpolation]
+        std = np.asarray(spec.std, dtype=np.float32)
+        self._scale = (1 / (255 * std)).astype(np.float32)
+        self._offset = (np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
+        self._max_pixels = max_pixels
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        """``[3, S, S]`` float32 for one encoded image."""
+        return self.transform(decode_image(data, self._max_pixels))
+
+    def transform(self, image: Image.Image) -> np.ndarray:
+        """Resize, center-crop and normalize an RGB image to ``[3, S, S]`` float32."""
+        width, height = image.size
+        if width <= height:
+            size = (self._resize, int(self._resize * height / width))
+        else:
+            size = (int(self._resize * width / height), self._resize)
+        if size != image.size:
+            image = image.resize(size, self._resample)
+        s = self.input_size
+        left = round((size[0] - s) / 2)
+        top = round((size[1] - s) / 2)
+        image = image.crop((left, top, left + s, top + s))
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels = pixels * self._scale - self._offset
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))

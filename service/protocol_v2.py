@@ -1,0 +1,277 @@
+"""KServe v2 / Open Inference Protocol: schemas, request decoding and response encoding.
+
+Supports JSON tensors and the binary tensor data extension (what ``tritonclient`` sends by default:
+a JSON header of ``Inference-Header-Content-Length`` bytes followed by raw tensor bytes). A model
+takes exactly one of two inputs: ``input`` (FP32 ``[N, 3, S, S]``, already preprocessed) or
+``image`` (BYTES ``[N]``, encoded images; base64 strings in JSON). It answers ``logits`` and
+``probabilities`` (FP32 ``[N, C]``); without an ``outputs`` list it answers both.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+from service.errors import BadRequest, describe_errors
+from service.postprocessing import softmax
+from service.request_body import Upload
+
+TENSOR_INPUT = "input"
+IMAGE_INPUT = "image"
+OUTPUTS = ("logits", "probabilities")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int] = Field(min_length=1, max_length=8)
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] | None = None
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[float] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+@dataclass(frozen=True)
+class TensorShape:
+    """What one model accepts: ``[N, 3, size, size]`` float32 and ``num_classes`` outputs."""
+
+    size: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    id: str | None
+    tensor: np.ndarray | None
+    images: list[Upload] | None
+    outputs: dict[str, bool]
+    timeout_s: float | None
+
+
+def model_metadata(name: str, version: str, platform: str, shape: TensorShape) -> ModelMetadata:
+    return ModelMetadata(
+        name=name,
+        versions=[version],
+        platform=platform,
+        inputs=[
+            TensorMetadata(name=TENSOR_INPUT, datatype="FP32", shape=[-1, 3, shape.size, shape.size]),
+            TensorMetadata(name=IMAGE_INPUT, datatype="BYTES", shape=[-1]),
+        ],
+        outputs=[TensorMetadata(name=n, datatype="FP32", shape=[-1, shape.num_classes]) for n in OUTPUTS],
+    )
+
+
+def decode_request(body: bytes, header_length: str | None, shape: TensorShape) -> DecodedRequest:
+    """Validate an infer request against the model; every problem is a 400 saying what is wrong."""
+    header, binary = _split(body, header_length)
+    try:
+        request = InferRequest.model_validate_json(header)
+    except ValidationError as exc:
+        raise BadRequest(f"invalid inference request: {describe_errors(exc.errors())}") from None
+    if len(request.inputs) != 1:
+        raise BadRequest(f"give exactly one input ({TENSOR_INPUT!r} or {IMAGE_INPUT!r}), not {len(request.inputs)}")
+    item = request.inputs[0]
+    raw = _binary_part(item, binary)
+    if item.name == TENSOR_INPUT:
+        tensor, images = _decode_tensor(item, raw, shape), None
+    elif item.name == IMAGE_INPUT:
+        tensor, images = None, _decode_images(item, raw)
+    else:
+        raise BadRequest(
+            f"unknown input {item.name!r}: send {TENSOR_INPUT!r} (FP32 [N, 3, {shape.size}, {shape.size}]) "
+            f"or {IMAGE_INPUT!r} (BYTES [N], encoded images)"
+        )
+    return DecodedRequest(request.id, tensor, images, _requested_outputs(request), _timeout_s(request))
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+        raise BadRequest(f"{HEADER_LENGTH} {header_length!r} does not fit the {len(body)}-byte body")
+    return body[: int(header_length)], body[int(header_length) :]
+
+
+def _binary_part(item: RequestInput, binary: bytes) -> bytes | None:
+    size = item.parameters.get("binary_data_size")
+    if size is None:
+        if binary:
+            raise BadRequest(f"{len(binary)} bytes of binary data follow the header but no input claims them")
+        if item.data is None:
+            raise BadRequest(f"input {item.name!r} has neither 'data' nor binary data")
+        return None
+    if item.data is not None:
+        raise BadRequest(f"input {item.name!r} has both 'data' and binary_data_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise BadRequest(f"input {item.name!r}: binary_data_size {size!r} but {len(binary)} binary bytes were sent")
+    return binary
+
+
+def _decode_tensor(item: RequestInput, raw: bytes | None, shape: TensorShape) -> np.ndarray:
+    expected = [3, shape.size, shape.size]
+    if item.datatype != "FP32":
+        raise BadRequest(f"input {TENSOR_INPUT!r} must be FP32, not {item.datatype}")
+    if len(item.shape) != 4 or item.shape[1:] != expected or item.shape[0] < 1:
+        raise BadRequest(
+            f"input {TENSOR_INPUT!r} has shape {item.shape}; this model takes [N, {', '.join(map(str, expected))}]"
+        )
+    count = math.prod(item.shape)
+    if raw is not None:
+        if len(raw) != count * 4:
+            raise BadRequest(f"input {TENSOR_INPUT!r}: {len(raw)} bytes for shape {item.shape} ({count * 4} expected)")
+        tensor = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    else:
+        try:
+            tensor = np.asarray(item.data, dtype=np.float32).ravel()
+        except (ValueError, TypeError):
+            raise BadRequest(f"input {TENSOR_INPUT!r}: data must be numbers (flat or nested lists)") from None
+        if tensor.size != count:
+            raise BadRequest(f"input {TENSOR_INPUT!r}: {tensor.size} values for shape {item.shape} ({count} expected)")
+    if not np.isfinite(tensor).all():
+        raise BadRequest(f"input {TENSOR_INPUT!r} contains NaN or infinite values")
+    return tensor.reshape(item.shape)
+
+
+def _decode_images(item: RequestInput, raw: bytes | None) -> list[Upload]:
+    if item.datatype != "BYTES":
+        raise BadRequest(f"input {IMAGE_INPUT!r} must be BYTES, not {item.datatype}")
+    if item.shape[0] < 1 or math.prod(item.shape) != item.shape[0]:
+        raise BadRequest(f"input {IMAGE_INPUT!r} has shape {item.shape}; it takes [N] or [N, 1]")
+    elements = _unpack_bytes(raw) if raw is not None else _base64_elements(item.data or [])
+    if len(elements) != item.shape[0]:
+        raise BadRequest(f"input {IMAGE_INPUT!r}: {len(elements)} elements for shape {item.shape}")
+    return [Upload(data) for data in elements]
+
+
+def _unpack_bytes(raw: bytes) -> list[bytes]:
+    """Triton's BYTES serialization: each element is a little-endian uint32 length, then the bytes."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise BadRequest(f"input {IMAGE_INPUT!r}: binary data ends inside an element length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise BadRequest(f"input {IMAGE_INPUT!r}: element of {length} bytes overruns the binary data")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return elements
+
+
+def _base64_elements(data: list[Any]) -> list[bytes]:
+    elements = []
+    for index, value in enumerate(np.ravel(np.asarray(data, dtype=object))):
+        try:
+            elements.append(base64.b64decode(value, validate=True))
+        except (binascii.Error, TypeError, ValueError):
+            raise BadRequest(f"input {IMAGE_INPUT!r}: element {index} is not a base64 string") from None
+    return elements
+
+
+def _requested_outputs(request: InferRequest) -> dict[str, bool]:
+    """Output name to whether it goes back as binary data."""
+    default_binary = _flag(request.parameters, "binary_data_output", False)
+    if request.outputs is None:
+        return dict.fromkeys(OUTPUTS, default_binary)
+    outputs = {}
+    for output in request.outputs:
+        if output.name not in OUTPUTS:
+            raise BadRequest(f"unknown output {output.name!r}; this model answers {', '.join(OUTPUTS)}")
+        if "classification" in output.parameters:
+            raise BadRequest("the classification extension is not supported; use POST /v1/models/{name}:classify")
+        outputs[output.name] = _flag(output.parameters, "binary_data", default_binary)
+    return outputs
+
+
+def _flag(parameters: dict[str, Any], name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"parameter {name!r} must be true or false")
+    return value
+
+
+def _timeout_s(request: InferRequest) -> float | None:
+    """Triton's per-request ``timeout`` parameter, in microseconds."""
+    value = request.parameters.get("timeout")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise BadRequest("parameter 'timeout' must be a positive number of microseconds")
+    return value / 1e6
+
+
+def encode_response(
+    model_name: str, model_version: str, request: DecodedRequest, logits: np.ndarray
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers answering ``request``: plain JSON, or JSON followed by binary tensors."""
+    tensors = {"logits": logits.astype("<f4")}
+    if "probabilities" in request.outputs:
+        tensors["probabilities"] = softmax(logits).astype("<f4")
+    outputs, raw_parts = [], []
+    for name, binary in request.outputs.items():
+        array = np.ascontiguousarray(tensors[name])
+        output = ResponseOutput(name=name, datatype="FP32", shape=list(array.shape))
+        if binary:
+            output.parameters = {"binary_data_size": array.nbytes}
+            raw_parts.append(array.tobytes())
+        else:
+            output.data = array.ravel().tolist()
+        outputs.append(output)
+    response = InferResponse(model_name=model_name, model_version=model_version, id=request.id, outputs=outputs)
+    header = response.model_dump_json(exclude_none=True).encode()
+    if not raw_parts:
+        return header, {"Content-Type": "application/json"}
+    return header + b"".join(raw_parts), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}

@@ -1,0 +1,113 @@
+"""The REST API: model metadata and image classification."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from service.auth import require_api_key
+from service.deadline import Deadline
+from service.disconnect import cancel_on_disconnect
+from service.errors import BadRequest
+from service.postprocessing import softmax, top_k_indices
+from service.request_body import image_uploads, read_body
+from service.runtime import Model, ModelRuntime, State
+from service.schemas import (
+    ERROR_RESPONSES,
+    ClassifyResponse,
+    ClassScore,
+    ModelDetail,
+    ModelList,
+    ModelSummary,
+    Prediction,
+    Timing,
+)
+
+router = APIRouter(prefix="/v1", tags=["REST"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One image as the raw body, or several as multipart/form-data file parts (any field name).",
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            },
+        },
+    }
+}
+
+
+def summary(runtime: ModelRuntime) -> ModelSummary:
+    folder = runtime.folder
+    return ModelSummary(
+        name=folder.name,
+        version=folder.version,
+        arch=folder.niff_json.get("arch"),
+        num_classes=folder.num_classes,
+        input_size=folder.input_size,
+        backend=runtime.backend.kind,
+        device=runtime.backend.device,
+        max_batch_size=runtime.max_batch_size,
+        ready=runtime.ready,
+    )
+
+
+@router.get("/models", response_model=ModelList, summary="List served models")
+async def list_models(state: State) -> ModelList:
+    return ModelList(models=[summary(runtime) for runtime in state.models.values()])
+
+
+@router.get("/models/{name}", response_model=ModelDetail, summary="One model's metadata")
+async def get_model(runtime: Model) -> ModelDetail:
+    return ModelDetail(
+        **summary(runtime).model_dump(), labels=list(runtime.folder.labels), niff=runtime.folder.niff_json
+    )
+
+
+@router.post(
+    "/models/{name}:classify",
+    response_model=ClassifyResponse,
+    openapi_extra=_IMAGE_BODY,
+    summary="Classify images",
+    description="Decode, preprocess as niff.json prescribes, batch with concurrent requests, answer the top-k classes.",
+)
+async def classify(
+    runtime: Model,
+    request: Request,
+    state: State,
+    top_k: Annotated[int, Query(ge=1, description="Classes to return per image, best first.")] = 5,
+) -> ClassifyResponse:
+    deadline = Deadline(state.settings.request_timeout_s)
+    if top_k > runtime.folder.num_classes:
+        raise BadRequest(f"top_k is {top_k}; the model has {runtime.folder.num_classes} classes")
+    body = await read_body(request, state.settings.max_upload_bytes, deadline)
+    uploads = await image_uploads(request, body, max_files=runtime.max_batch_size)
+    result, preprocess_s = await cancel_on_disconnect(request.receive, runtime.infer_images(uploads, deadline))
+    probabilities = softmax(result.logits)
+    best = top_k_indices(probabilities, top_k)
+    labels = runtime.folder.labels
+    predictions = [
+        Prediction(
+            filename=upload.filename,
+            top_k=[ClassScore(label=labels[i], index=int(i), probability=float(row[i])) for i in order],
+        )
+        for upload, row, order in zip(uploads, probabilities, best, strict=True)
+    ]
+    timing = Timing(
+        preprocess_ms=preprocess_s * 1000,
+        queue_ms=result.queue_s * 1000,
+        inference_ms=result.inference_s * 1000,
+        total_ms=deadline.elapsed() * 1000,
+        batch_size=result.batch_size,
+    )
+    return ClassifyResponse(
+        model=runtime.name, model_version=runtime.folder.version, predictions=predictions, timing=timing
+    )

@@ -1,0 +1,79 @@
+"""KServe v2 / Open Inference Protocol endpoints (what Triton and ``tritonclient.http`` speak)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from service.auth import require_api_key
+from service.deadline import Deadline
+from service.disconnect import cancel_on_disconnect
+from service.errors import ServiceUnavailable
+from service.protocol_v2 import (
+    HEADER_LENGTH,
+    ModelMetadata,
+    ServerMetadata,
+    decode_request,
+    encode_response,
+    model_metadata,
+)
+from service.request_body import read_body
+from service.runtime import Model, State
+from service.schemas import ERROR_RESPONSES, Readiness
+from service.version import __version__
+
+router = APIRouter(prefix="/v2", tags=["KServe v2"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+
+_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "A v2 inference request: JSON, or with the binary tensor data extension a JSON header of "
+            f"`{HEADER_LENGTH}` bytes followed by the raw tensors."
+        ),
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.get("", response_model=ServerMetadata, summary="Server metadata")
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="niff-serve", version=__version__, extensions=["binary_tensor_data"])
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, summary="Model metadata")
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, include_in_schema=False)
+async def get_model_metadata(runtime: Model) -> ModelMetadata:
+    platform = _PLATFORMS[runtime.backend.kind]
+    return model_metadata(runtime.name, runtime.folder.version, platform, runtime.tensor_shape)
+
+
+@router.get("/models/{name}/ready", response_model=Readiness, summary="Model readiness (200 ready, 503 not)")
+@router.get("/models/{name}/versions/{version}/ready", response_model=Readiness, include_in_schema=False)
+async def model_ready(runtime: Model, state: State) -> Readiness:
+    if not (runtime.ready and state.ready):
+        raise ServiceUnavailable(f"model {runtime.name!r} is not ready")
+    return Readiness(ready=True, models={runtime.name: True})
+
+
+@router.post("/models/{name}/infer", openapi_extra=_INFER_BODY, summary="Run inference (v2 protocol)")
+@router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY, include_in_schema=False)
+async def infer(runtime: Model, request: Request, state: State) -> Response:
+    deadline = Deadline(state.settings.request_timeout_s)
+    body = await read_body(request, state.settings.max_upload_bytes, deadline)
+    decoded = await state.offload(decode_request, body, request.headers.get(HEADER_LENGTH), runtime.tensor_shape)
+    if decoded.timeout_s is not None:
+        deadline = deadline.tightened(decoded.timeout_s)
+    if decoded.images is not None:
+        work = runtime.infer_images(decoded.images, deadline)
+        result, _ = await cancel_on_disconnect(request.receive, work)
+    else:
+        assert decoded.tensor is not None
+        result = await cancel_on_disconnect(request.receive, runtime.infer_tensor(decoded.tensor, deadline))
+    content, headers = await state.offload(
+        encode_response, runtime.name, runtime.folder.version, decoded, result.logits
+    )
+    return Response(content, headers=headers)

@@ -1,0 +1,197 @@
+"""What the server holds while it runs: one :class:`ModelRuntime` per model folder, and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+from fastapi import Depends, Request
+
+from service.backends import Backend, load_backend, warm_up
+from service.batcher import BatchResult, DynamicBatcher
+from service.deadline import Deadline
+from service.errors import NotFound, ServiceError
+from service.metrics import Metrics, ModelMetrics
+from service.preprocessing import Preprocessor
+from service.protocol_v2 import TensorShape
+from service.repository import ModelFolder, scan_repository
+from service.request_body import Upload
+from service.settings import Settings, unknown_env_names
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ModelRuntime:
+    """A served model: its folder, loaded backend, preprocessing and batcher."""
+
+    def __init__(
+        self,
+        folder: ModelFolder,
+        backend: Backend,
+        max_batch_size: int,
+        settings: Settings,
+        metrics: ModelMetrics,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        self.folder = folder
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.tensor_shape = TensorShape(folder.input_size, folder.num_classes)
+        self._preprocessor = Preprocessor(folder.manifest.preprocessing, settings.max_image_pixels)
+        self.metrics = metrics
+        self._pool = pool
+        self.batcher = DynamicBatcher(
+            backend.run,
+            max_batch_size=self.max_batch_size,
+            max_delay_s=settings.max_batch_delay_ms / 1000,
+            max_queue_size=settings.max_queue_size,
+            metrics=metrics,
+        )
+        self.ready = False
+
+    @classmethod
+    def load(
+        cls, folder: ModelFolder, settings: Settings, metrics: ModelMetrics, pool: ThreadPoolExecutor
+    ) -> ModelRuntime:
+        """Load the backend and warm it up (blocking: call it off the event loop)."""
+        max_batch_size = min(settings.max_batch_size, folder.max_batch_size)
+        backend = load_backend(folder, settings, max_batch_size)
+        warm_up(backend, folder, max_batch_size)
+        return cls(folder, backend, max_batch_size, settings, metrics, pool)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    async def infer_images(self, uploads: Sequence[Upload], deadline: Deadline) -> tuple[BatchResult, float]:
+        """Logits for encoded images, and the seconds their preprocessing took."""
+        with self.batcher.admit(len(uploads)) as slot:
+            started = time.monotonic()
+            inputs = await deadline.wait(self._preprocess(uploads), "preprocessing")
+            preprocess_s = time.monotonic() - started
+            return await slot.infer(inputs, deadline), preprocess_s
+
+    async def infer_tensor(self, inputs: np.ndarray, deadline: Deadline) -> BatchResult:
+        """Logits for an already preprocessed ``[N, 3, S, S]`` batch."""
+        with self.batcher.admit(len(inputs)) as slot:
+            return await slot.infer(inputs, deadline)
+
+    async def _preprocess(self, uploads: Sequence[Upload]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        arrays = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._pool, self._preprocess_one, index, upload)
+                for index, upload in enumerate(uploads)
+            )
+        )
+        return np.stack(arrays)
+
+    def _preprocess_one(self, index: int, upload: Upload) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            array = self._preprocessor(upload.data)
+        except ServiceError as exc:
+            name = f" ({upload.filename!r})" if upload.filename else ""
+            exc.message = f"image {index}{name}: {exc.message}"
+            raise
+        self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
+        return array
+
+
+class ServiceState:
+    """The app's runtime state: models, worker pool, readiness. Lives on ``app.state.service``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.models: dict[str, ModelRuntime] = {}
+        self.loaded = False
+        self.draining = False
+        self.startup_error: str | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.draining
+
+    async def offload(self, function: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound request work (decoding, parsing) on the worker pool, off the event loop."""
+        assert self._pool is not None
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
+    def model(self, name: str) -> ModelRuntime:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise NotFound(f"unknown model {name!r}; this server has {', '.join(self.models) or 'none'}") from None
+
+    async def start(self) -> None:
+        """Load and warm up every model (off the event loop), then start batching and report ready."""
+        self._warn_about_settings()
+        pool = self._pool = ThreadPoolExecutor(self.settings.preprocess_workers, thread_name_prefix="preprocess")
+        try:
+            for folder in await asyncio.to_thread(scan_repository, self.settings.model_repository):
+                metrics = self.metrics.for_model(folder.name)
+                runtime = await asyncio.to_thread(ModelRuntime.load, folder, self.settings, metrics, pool)
+                self.models[folder.name] = runtime
+                runtime.batcher.start()
+                runtime.ready = True
+                runtime.metrics.ready.set(1)
+        except BaseException:
+            await self.stop()
+            raise
+        self.loaded = True
+        logger.info("ready", extra={"models": list(self.models)})
+
+    def begin_drain(self) -> None:
+        """Report not-ready from now on (SIGTERM); requests are still served until the server stops.
+
+        Called from a signal handler, so it only sets a flag (logging there could re-enter the stream).
+        """
+        self.draining = True
+
+    async def stop(self) -> None:
+        """Finish everything admitted, then release the workers."""
+        self.draining = True
+        for runtime in self.models.values():
+            await runtime.batcher.close()
+            runtime.ready = False
+            runtime.metrics.ready.set(0)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        logger.info("stopped", extra={"models": list(self.models)})
+
+    def _warn_about_settings(self) -> None:
+        settings = self.settings
+        if settings.api_key is None:
+            logger.warning("NIFF_API_KEY is not set: model endpoints are open to anyone who can reach the port")
+        if settings.max_batch_delay_ms / 1000 >= settings.request_timeout_s:
+            logger.warning("max_batch_delay_ms is not below request_timeout_s: lone requests will time out")
+        for name in unknown_env_names():
+            logger.warning("ignoring unknown setting %s", name)
+
+
+def service_state(request: Request) -> ServiceState:
+    """FastAPI dependency: the running service."""
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(service_state)]
+
+
+def requested_model(name: str, request: Request, state: State) -> ModelRuntime:
+    """FastAPI dependency: the model named in the path (404 when unknown or at another version)."""
+    runtime = state.model(name)
+    version = request.path_params.get("version")
+    if version is not None and version != runtime.folder.version:
+        raise NotFound(f"model {name!r} has no version {version!r}; it serves version {runtime.folder.version}")
+    return runtime
+
+
+Model = Annotated[ModelRuntime, Depends(requested_model)]

@@ -1,0 +1,88 @@
+"""Service configuration: one pydantic-settings model read from ``NIFF_*`` environment variables.
+
+The command line (``niff-serve``) builds its options from these fields, so the field descriptions are
+also the ``--help`` text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "NIFF_"
+
+Backend = Literal["auto", "onnxruntime", "torchscript"]
+Device = Literal["auto", "cpu", "cuda"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class Settings(BaseSettings):
+    """Everything ``niff-serve`` can be told; validated once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="forbid")
+
+    model_repository: Path = Field(description="Folder with one sub-folder per model (see docs/model-repository.md).")
+    backend: Backend = Field("auto", description="Runtime: auto picks ONNX Runtime unless only TorchScript fits.")
+    device: Device = Field("auto", description="auto uses a GPU when the chosen runtime can reach one.")
+    max_batch_size: int = Field(16, ge=1, le=4096, description="Most images merged into one inference.")
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, le=60_000, description="Longest wait for more requests once the first one is queued."
+    )
+    max_queue_size: int = Field(
+        256, ge=1, description="Most images admitted per model and not yet in a batch; beyond it requests get 503."
+    )
+    request_timeout_s: float = Field(30.0, gt=0, le=3600, description="Deadline for one request; past it: 504.")
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Largest request body accepted (413 above).")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest decoded image (width × height) accepted; guards decompression bombs."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="When set, model endpoints need 'Authorization: Bearer <key>'. Prefer the env variable."
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="Address to bind.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to bind.")
+    log_level: LogLevel = Field("info", description="Lowest level written to the JSON log.")
+    preprocess_workers: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1),
+        ge=1,
+        le=256,
+        description="Threads decoding and resizing images (default: CPU count, at most 4).",
+    )
+    backend_threads: int = Field(0, ge=0, le=256, description="CPU threads per inference (0: the runtime's default).")
+    shutdown_delay_s: float = Field(
+        0.0, ge=0, le=600, description="After SIGTERM, keep serving this long while reporting not-ready, then drain."
+    )
+
+    @field_validator("log_level", "backend", "device", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Settings:
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def unknown_env_names(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """``NIFF_*`` variables that match no setting: most likely typos worth a warning."""
+    known = {env_name(name) for name in Settings.model_fields}
+    return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)

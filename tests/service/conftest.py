@@ -1,0 +1,280 @@
+"""Fixtures for the service tests: a model repository exported in this session, real servers, real photos.
+
+Servers are real ``python -m service`` processes (the ``niff-serve`` entry point) on 127.0.0.1 and a free
+port; tests talk to them over HTTP only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.datasets import load_sample_images
+
+import export
+import niff
+from service.postprocessing import softmax
+from service.preprocessing import Preprocessor
+from service.repository import read_model_folder
+
+API_KEY = "test-key-0123456789"
+TINY = "tiny"  # 10 classes, 32x32, ONNX and TorchScript
+MINI = "mini"  # 4 classes, 24x24, ONNX only, other preprocessing
+DIGIT_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def export_test_model(
+    repository: Path,
+    name: str,
+    *,
+    size: int,
+    labels: list[str],
+    formats: tuple[str, ...] = ("onnx", "torchscript"),
+    preprocessing: niff.Preprocessing | None = None,
+) -> Path:
+    """Export a tiny NIFF model (ResNet-18 split, narrow) into ``repository/name`` and return that folder."""
+    torch.manual_seed(len(name))
+    model = niff.create_model(
+        "resnet18_split", num_classes=len(labels), small_input=True, widths=(8, 16, 32, 64), layers=(1, 1, 1, 1)
+    )
+    if preprocessing is not None:
+        model.niff_spec = dataclasses.replace(model.niff_spec, preprocessing=preprocessing)
+    return export.export_model(model, size, repository, name, formats=formats, labels=labels).path
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two models with different sizes, class counts and preprocessing."""
+    root = tmp_path_factory.mktemp("models")
+    export_test_model(root, TINY, size=32, labels=DIGIT_LABELS)
+    export_test_model(
+        root,
+        MINI,
+        size=24,
+        labels=["cat", "dog", "bird", "fish"],
+        formats=("onnx",),
+        preprocessing=niff.Preprocessing(24, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic"),
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_only_repository(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_only")
+    shutil.copytree(repository / TINY, root / TINY)
+    return root
+
+
+class Reference:
+    """The expected answer, computed in-process: the service's preprocessing, then ONNX Runtime directly."""
+
+    def __init__(self, repository: Path) -> None:
+        self._repository = repository
+        self._sessions: dict[str, ort.InferenceSession] = {}
+
+    def preprocess(self, model: str, data: bytes) -> np.ndarray:
+        folder = read_model_folder(self._repository / model)
+        return Preprocessor(folder.manifest.preprocessing, max_pixels=10**8)(data)
+
+    def logits(self, model: str, batch: np.ndarray) -> np.ndarray:
+        if model not in self._sessions:
+            path = str(self._repository / model / "1" / "model.onnx")
+            self._sessions[model] = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return self._sessions[model].run(["logits"], {"input": batch})[0]
+
+    def probabilities(self, model: str, data: bytes) -> np.ndarray:
+        return softmax(self.logits(model, self.preprocess(model, data)[None]))[0]
+
+
+@pytest.fixture(scope="session")
+def reference(repository: Path) -> Reference:
+    return Reference(repository)
+
+
+@dataclass(frozen=True)
+class Photos:
+    """Real photos (scikit-learn's sample images) as the original JPEG bytes and as decoded arrays."""
+
+    jpeg: dict[str, bytes]
+    arrays: dict[str, np.ndarray]
+
+    def encode(self, name: str, fmt: str, mode: str = "RGB", **options: object) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(self.arrays[name]).convert(mode).save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photos() -> Photos:
+    samples = load_sample_images()
+    names = [Path(f).stem for f in samples.filenames]
+    return Photos(
+        jpeg={n: Path(f).read_bytes() for n, f in zip(names, samples.filenames, strict=True)},
+        arrays=dict(zip(names, samples.images, strict=True)),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """A ``python -m service`` process and HTTP helpers to talk to it."""
+
+    def __init__(self, repository: Path, log_path: Path, *args: str, api_key: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = api_key
+        self.log_path = log_path
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NIFF_")}
+        if api_key is not None:
+            env["NIFF_API_KEY"] = api_key
+        command = [sys.executable, "-m", "service", "--model-repository", str(repository), "--port", str(self.port)]
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [*command, "--device", "cpu", "--backend-threads", "1", "--preprocess-workers", "2", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.api_key is None else {"Authorization": f"Bearer {self.api_key}"}
+
+    def client(self, **options: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=60, **options)  # type: ignore[arg-type]
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict]:
+        return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include ``labels`` (0 when absent)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
+    def wait_for_metric(self, name: str, value: float, timeout: float = 30, **labels: str) -> None:
+        """Poll until the metric reaches ``value`` (events that happen in the server after a client call)."""
+        deadline = time.monotonic() + timeout
+        while self.metric(name, **labels) < value:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name}{labels} stayed at {self.metric(name, **labels)}, expected {value}")
+            time.sleep(0.02)
+
+    def in_background(self, requests: list[Callable[[httpx.Client], httpx.Response]]) -> list[Future]:
+        """Send each request from its own thread and connection, all at once."""
+
+        def send(request: Callable[[httpx.Client], httpx.Response]) -> httpx.Response:
+            with self.client() as client:
+                return request(client)
+
+        pool = ThreadPoolExecutor(len(requests))
+        futures = [pool.submit(send, request) for request in requests]
+        pool.shutdown(wait=False)
+        return futures
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def classify(data: bytes, model: str = TINY) -> Callable[[httpx.Client], httpx.Response]:
+    """A request for :meth:`ServerProcess.in_background`: classify ``data``, all classes."""
+    return lambda client: client.post(f"/v1/models/{model}:classify", content=data, params={"top_k": 10})
+
+
+def _start(repository: Path, log_path: Path, *args: str, api_key: str | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(repository, log_path, *args, api_key=api_key)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Both models, an API key, a realistic batching window and a 2 MB body limit."""
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    args = ("--max-batch-size", "8", "--max-batch-delay-ms", "10", "--max-upload-bytes", "2000000")
+    yield from _start(repository, log, *args, api_key=API_KEY)
+
+
+@pytest.fixture(scope="session")
+def slow_server(tiny_only_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A 2 s batching window, 4-image batches and queue: requests wait long enough to be observed queued."""
+    log = tmp_path_factory.mktemp("logs") / "slow.log"
+    args = ("--max-batch-size", "4", "--max-queue-size", "4", "--max-batch-delay-ms", "2000")
+    yield from _start(tiny_only_repository, log, *args, "--request-timeout-s", "20")
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with server.client() as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+    """A factory for further ready servers, ``start_server(repository, *args)``; all stop at the session's end."""
+    started: list[ServerProcess] = []
+
+    def start(repository: Path, *args: str) -> ServerProcess:
+        server = ServerProcess(repository, tmp_path_factory.mktemp("logs") / "server.log", *args)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,163 @@
+"""The dynamic batcher in-process, with a recording backend: merging, limits, deadlines, cancellation, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import pytest
+
+from service.batcher import DynamicBatcher
+from service.deadline import Deadline
+from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
+from service.metrics import Metrics
+
+
+class RecordingBackend:
+    """Logits = per-row sums (so each caller can check it got its own rows); remembers batch sizes."""
+
+    def __init__(self, fail_when: Callable[[np.ndarray], bool] = lambda batch: False) -> None:
+        self.batches: list[int] = []
+        self.fail_when = fail_when
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.gate.wait(10)
+        self.batches.append(len(batch))
+        if self.fail_when(batch):
+            raise RuntimeError("backend exploded")
+        return batch.reshape(len(batch), -1).sum(axis=1, keepdims=True).astype(np.float32)
+
+
+def rows(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float32).reshape(-1, 1)
+
+
+Scenario = Callable[[DynamicBatcher, RecordingBackend], Awaitable[None]]
+
+
+def run(scenario: Scenario, backend: RecordingBackend | None = None, **options: float) -> RecordingBackend:
+    """Run ``scenario`` against a started batcher (default: batches of 4, 50 ms delay, queue of 8)."""
+    backend = backend or RecordingBackend()
+    settings = {"max_batch_size": 4, "max_delay_s": 0.05, "max_queue_size": 8, **options}
+
+    async def main() -> None:
+        metrics = Metrics().for_model("m")
+        batcher = DynamicBatcher(backend, metrics=metrics, **settings)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            await scenario(batcher, backend)
+        finally:
+            backend.gate.set()
+            await batcher.close()
+
+    asyncio.run(main())
+    return backend
+
+
+async def infer(batcher: DynamicBatcher, inputs: np.ndarray, seconds: float = 10) -> np.ndarray:
+    with batcher.admit(len(inputs)) as slot:
+        return (await slot.infer(inputs, Deadline(seconds))).logits
+
+
+def test_concurrent_requests_merge_and_each_gets_its_own_rows() -> None:
+    async def scenario(batcher: DynamicBatcher, _: RecordingBackend) -> None:
+        results = await asyncio.gather(*(infer(batcher, rows(v)) for v in (1, 2, 3, 4)))
+        assert [r.ravel().tolist() for r in results] == [[1], [2], [3], [4]]
+
+    backend = run(scenario, max_delay_s=5)
+    assert backend.batches == [4]  # full before the 5 s delay: leaves at once
+
+
+def test_a_batch_never_exceeds_the_max_and_a_request_is_never_split() -> None:
+    async def scenario(batcher: DynamicBatcher, _: RecordingBackend) -> None:
+        results = await asyncio.gather(*(infer(batcher, rows(v, v)) for v in (1, 2, 3)))
+        assert [r.ravel().tolist() for r in results] == [[1, 1], [2, 2], [3, 3]]
+
+    backend = run(scenario)
+    assert backend.batches == [4, 2]
+
+
+def test_a_lone_request_leaves_after_the_max_delay() -> None:
+    async def scenario(batcher: DynamicBatcher, _: RecordingBackend) -> None:
+        assert (await infer(batcher, rows(7))).ravel().tolist() == [7]
+
+    assert run(scenario, max_delay_s=0.01).batches == [1]
+
+
+def test_admission_limits() -> None:
+    async def scenario(batcher: DynamicBatcher, _: RecordingBackend) -> None:
+        with pytest.raises(BadRequest, match="at most 4"):
+            batcher.admit(5)
+        held = [batcher.admit(4), batcher.admit(4)]
+        with pytest.raises(QueueFull):
+            batcher.admit(1)
+        held[0].release()
+        batcher.admit(1).release()
+        held[1].release()
+
+    run(scenario)
+
+
+def test_deadline_gives_504_and_frees_the_queue() -> None:
+    async def scenario(batcher: DynamicBatcher, backend: RecordingBackend) -> None:
+        with pytest.raises(DeadlineExceeded):
+            await infer(batcher, rows(1), seconds=0.05)
+        assert batcher._queued_rows == 0 and batcher._admitted == 0
+
+    assert run(scenario, max_delay_s=1).batches == []
+
+
+def test_cancelled_request_is_dropped_before_inference() -> None:
+    async def scenario(batcher: DynamicBatcher, _: RecordingBackend) -> None:
+        task = asyncio.create_task(infer(batcher, rows(1)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await infer(batcher, rows(2))).ravel().tolist() == [2]
+
+    assert run(scenario, max_delay_s=0.2).batches == [1]
+
+
+def test_backend_failure_fails_only_that_batch() -> None:
+    async def scenario(batcher: DynamicBatcher, _: RecordingBackend) -> None:
+        with pytest.raises(InferenceFailed, match="backend exploded"):
+            await infer(batcher, rows(-1))
+        assert (await infer(batcher, rows(5))).ravel().tolist() == [5]
+
+    backend = RecordingBackend(fail_when=lambda batch: bool((batch < 0).any()))
+    assert run(scenario, backend, max_delay_s=0).batches == [1, 1]
+
+
+def test_requests_queue_while_a_batch_runs_and_leave_together() -> None:
+    async def scenario(batcher: DynamicBatcher, backend: RecordingBackend) -> None:
+        backend.gate.clear()
+        first = asyncio.create_task(infer(batcher, rows(1)))
+        await asyncio.sleep(0.05)  # the first batch is now blocked inside the backend
+        rest = [asyncio.create_task(infer(batcher, rows(v))) for v in (2, 3, 4)]
+        await asyncio.sleep(0.05)
+        backend.gate.set()
+        assert [r.ravel().tolist() for r in await asyncio.gather(first, *rest)] == [[1], [2], [3], [4]]
+
+    assert run(scenario, max_delay_s=0).batches == [1, 3]
+
+
+def test_close_finishes_admitted_work_and_refuses_new() -> None:
+    async def main() -> None:
+        backend = RecordingBackend()
+        metrics = Metrics().for_model("m")
+        batcher = DynamicBatcher(backend, max_batch_size=4, max_delay_s=30, max_queue_size=8, metrics=metrics)
+        batcher.start()
+        pending = [asyncio.create_task(infer(batcher, rows(v))) for v in (1, 2)]
+        await asyncio.sleep(0.05)
+        await batcher.close()  # does not wait the 30 s delay
+        assert [r.ravel().tolist() for r in await asyncio.gather(*pending)] == [[1], [2]]
+        with pytest.raises(ServiceUnavailable):
+            batcher.admit(1)
+        assert backend.batches == [2]
+
+    asyncio.run(main())
