@@ -148,7 +148,7 @@ def export_model(
                 module = in_precision(lower(copy.deepcopy(baked), "matmul" if lowering == "matmul" else "torch"), fp16)
                 target = staging.path / "1" / MODEL_FILES[fmt]
                 info = (
-                    write_onnx(module, size, target, lowering, opset)
+                    write_onnx(module, torch.randn(2, 3, size, size), target, lowering, opset)
                     if fmt == "onnx"
                     else write_torchscript(module, target)
                 )

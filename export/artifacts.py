@@ -36,7 +36,7 @@ def _quiet():
         yield
 
 
-def write_onnx(model: nn.Module, size: int, path: Path, lowering: str, opset: int | None) -> dict[str, Any]:
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, lowering: str, opset: int | None) -> dict[str, Any]:
     """Export with a dynamic batch axis, then run onnx.checker's full check on the file.
 
     The matmul lowering goes through the TorchScript-based exporter (seconds for a ResNet-50); the
@@ -45,7 +45,6 @@ def write_onnx(model: nn.Module, size: int, path: Path, lowering: str, opset: in
     opset = opset or DEFAULT_OPSET[lowering]
     if lowering == "dft" and opset < 20:
         raise ExportError(f"the ONNX DFT op needs opset >= 20, got --opset {opset}")
-    example = torch.randn(2, 3, size, size)
     try:
         with _quiet(), torch.no_grad():
             if lowering == "matmul":

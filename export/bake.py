@@ -22,7 +22,6 @@ import operator
 
 import torch
 from torch import Tensor, fx, nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
 from export.errors import ExportError
@@ -45,22 +44,26 @@ class _NiffTracer(fx.Tracer):
         return isinstance(m, NIFF_LAYERS) or super().is_leaf_module(m, module_qualified_name)
 
 
-def bake(model: nn.Module, size: int) -> fx.GraphModule:
+def bake(model: nn.Module, size: int, example: Tensor | None = None) -> fx.GraphModule:
     """The model with every NIFF layer replaced by its fixed-filter equivalent at ``size``×``size`` input.
 
-    The input model is not modified. Raises ExportError for layer arrangements that have no exact
-    baked form (a spectrum-valued layer whose consumer is not the matching inverse layer).
+    ``example`` overrides the default [1, 3, size, size] input used to find feature-map sizes (for
+    models that take other shapes, such as a single layer). The input model is not modified. Raises
+    ExportError for layer arrangements that have no exact baked form (a spectrum-valued layer whose
+    consumer is not the matching inverse layer).
     """
     model = copy.deepcopy(model).eval()
+    if isinstance(model, NIFF_LAYERS):  # fx traces into the root module; a lone layer must be a leaf
+        model = nn.Sequential(model)
     try:
         graph = _NiffTracer().trace(model)
     except Exception as exc:
         raise ExportError(f"cannot trace {type(model).__name__} with torch.fx: {exc}") from exc
     gm = fx.GraphModule(model, graph, class_name=f"Baked{type(model).__name__}")
-    fake_mode = FakeTensorMode()
     try:
         with torch.no_grad():
-            ShapeProp(gm, fake_mode=fake_mode).propagate(fake_mode.from_tensor(torch.zeros(1, 3, size, size)))
+            # One real batch-1 forward: cheaper here than fake-tensor propagation, whose per-op overhead dominates.
+            ShapeProp(gm).propagate(torch.zeros(1, 3, size, size) if example is None else example[:1])
     except Exception as exc:
         raise ExportError(f"the model cannot run at {size}x{size}: {exc}") from exc
     with torch.no_grad():

@@ -51,7 +51,8 @@ def depthwise_spectrum(layer: FreqConvDW, size: int) -> Tensor:
 def mixing_spectrum(layer: FreqConvFull, size: int) -> Tensor:
     """Half spectrum [C_in, C_out, n, n//2+1] (complex128) equal to a full layer at ``size``.
 
-    Input channel ``i`` and output channel ``o`` use the MLP's filter ``((i + C_in//2) % C_in, (o + C_out//2) % C_out)``.
+    Input channel ``i`` and output channel ``o`` use the MLP's filter
+    ``((i + C_in//2) % C_in, (o + C_out//2) % C_out)``.
     """
     c, o = layer.in_planes, layer.out_planes
     filt = _filter64(layer, size).reshape(c, o, size, size)

@@ -1,0 +1,162 @@
+"""Every zoo architecture exported end to end, artifacts checked in ONNX Runtime and in fresh TorchScript."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from model_helpers import zoo_model
+from reference_vectors import MISSING_REASON, REFERENCE_DIR, available, relative_error
+
+import niff
+from export import export_checkpoint, export_model
+from export.artifacts import sha256
+
+SMALL = 32
+
+
+def _onnx(path):
+    return ort.InferenceSession(str(path / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    return tmp_path_factory.mktemp("repository")
+
+
+@pytest.mark.parametrize("name", niff.list_models())
+def test_zoo_architecture_exports_with_parity(name, repository):
+    model = zoo_model(name, SMALL)
+    result = export_model(model, SMALL, repository)
+    assert result.parity.passed
+    session = _onnx(result.path)
+    scripted = torch.jit.load(str(result.path / "1" / "model.pt"))
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 3, SMALL, SMALL, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            reference = model(x)
+            assert relative_error(scripted(x), reference) <= 1e-4
+        out = session.run(["logits"], {"input": x.numpy()})[0]
+        assert out.shape == (batch, 10)
+        assert relative_error(torch.from_numpy(out), reference) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["resnet50_split", "convnext_tiny"])
+def test_full_size_export(name, tmp_path):
+    model = zoo_model(name, 224, num_classes=1000)
+    result = export_model(model, 224, tmp_path)
+    assert result.parity.passed and {r.inputs for r in result.parity.rows} == {"random", "photos"}
+    meta = json.loads((result.path / "niff.json").read_text())
+    assert meta["input"]["shape"] == [3, 224, 224] and meta["preprocessing"]["resize"] == 256
+    labels = (result.path / "labels.txt").read_text().splitlines()
+    assert len(labels) == 1000 and labels[0] == "tench"
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        reference = model(x)
+    out = _onnx(result.path).run(None, {"input": x.numpy()})[0]
+    assert relative_error(torch.from_numpy(out), reference) <= 1e-4
+    assert np.array_equal(out.argmax(1), reference.argmax(1).numpy())
+
+
+@pytest.mark.skipif(not available(), reason=MISSING_REASON)
+@pytest.mark.parametrize(
+    "file",
+    [
+        "resnet18_split__c10_s32.pt",
+        "mobilenet_v2__c10_s32.pt",
+        "convnext_narrow__c10_s32.pt",
+        "densenet_narrow_split__c10_s32.pt",
+    ],
+)
+def test_reference_models_exported_match_reference_outputs(file, tmp_path):
+    data = torch.load(REFERENCE_DIR / file, weights_only=True)
+    checkpoint = tmp_path / file
+    torch.save({"model": data["state_dict"]}, checkpoint)
+    result = export_checkpoint(checkpoint, 32, tmp_path / "repo")
+    onnx_out = torch.from_numpy(_onnx(result.path).run(None, {"input": data["input"].numpy()})[0])
+    script_out = torch.jit.load(str(result.path / "1" / "model.pt"))(data["input"])
+    for out in (onnx_out, script_out):
+        assert relative_error(out, data["output"]) <= 1e-4
+        assert torch.equal(out.argmax(1), data["output"].argmax(1))
+    assert result.metadata["checkpoint"]["sha256"] == sha256(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return zoo_model("resnet18_split", SMALL)
+
+
+def test_every_lowering(small_model, tmp_path):
+    ops = {}
+    for fft in ("matmul", "dft", "torch"):
+        result = export_model(small_model, SMALL, tmp_path / fft, fft=fft)
+        assert result.parity.passed
+        graph = onnx.load(str(result.path / "1" / "model.onnx")).graph
+        ops[fft] = {node.op_type for node in graph.node}
+        script_graph = str(torch.jit.load(str(result.path / "1" / "model.pt")).inlined_graph)
+        artifacts = result.metadata["artifacts"]
+        if fft == "matmul":
+            assert artifacts["onnx"]["lowering"] == artifacts["torchscript"]["lowering"] == "matmul"
+            assert "fft_" not in script_graph
+        else:
+            assert (artifacts["onnx"]["lowering"], artifacts["torchscript"]["lowering"]) == ("dft", "torch")
+            assert "aten::fft_rfft2" in script_graph
+    assert "DFT" in ops["dft"] and "DFT" not in ops["matmul"] and "MatMul" in ops["matmul"]
+
+
+def test_fp16_artifacts_keep_float32_interface(small_model, tmp_path):
+    result = export_model(small_model, SMALL, tmp_path, fp16=True)
+    assert result.parity.passed and result.parity.tolerance == 1e-2
+    assert all(info["fp16"] for info in result.metadata["artifacts"].values())
+    model = onnx.load(str(result.path / "1" / "model.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+
+
+def test_torchscript_runs_without_our_packages(small_model, tmp_path):
+    result = export_model(small_model, SMALL, tmp_path, formats=["torchscript"])
+    x = torch.randn(4, 3, SMALL, SMALL)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(small_model(x), tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        for name in ("niff", "export", "service"):
+            sys.modules[name] = None  # any import of our packages now fails
+        import torch
+        model = torch.jit.load({str(result.path / "1" / "model.pt")!r})
+        out = model(torch.load({str(tmp_path / "x.pt")!r}))
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        err = float((out - expected).norm() / expected.norm())
+        assert err <= 1e-4, err
+        print("ok", tuple(out.shape))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok (4, 10)"
+    assert not (result.path / "1" / "model.onnx").exists()
+
+
+def test_repository_files_describe_the_model(small_model, tmp_path):
+    result = export_model(small_model, SMALL, tmp_path, name="tiny", labels=[f"c{i}" for i in range(10)])
+    meta = json.loads((result.path / "niff.json").read_text())
+    assert meta["name"] == "tiny" and meta["arch"] == "resnet18_split" and meta["num_classes"] == 10
+    assert meta["arch_kwargs"]["block"] == "BasicBlock" and meta["arch_kwargs"]["layers"] == [2, 2, 2, 2]
+    assert meta["parity"]["passed"] and meta["parity"]["rows"]
+    for info in meta["artifacts"].values():
+        assert info["sha256"] == sha256(result.path / info["path"])
+    assert {"torch", "onnx", "onnxruntime", "niff"} <= meta["versions"].keys()
+    assert (result.path / "labels.txt").read_text().splitlines() == [f"c{i}" for i in range(10)]
+    config = (result.path / "config.pbtxt").read_text()
+    assert 'name: "tiny"' in config and "dims: [ 3, 32, 32 ]" in config and "dims: [ 10 ]" in config
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
