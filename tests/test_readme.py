@@ -1,0 +1,97 @@
+"""The README's quick start, run as written: `make serve`, its curl line, and the tritonclient snippet."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _block(language: str, containing: str) -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", README, re.S)
+    return next(b for b in blocks if containing in b)
+
+
+@pytest.fixture(scope="module")
+def make_serve(tmp_path_factory):
+    """`make serve` as the README says, with a free port and a scratch model repository."""
+    port, models = _free_port(), tmp_path_factory.mktemp("models")
+    venv = Path(sys.executable).parent.parent
+    process = subprocess.Popen(
+        ["make", "serve", f"PORT={port}", f"MODELS={models}", f"VENV={venv}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("NIFF_")},
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"make serve exited with {process.returncode}:\n{process.stdout.read()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "make serve was not ready within 300 s"
+            time.sleep(0.2)
+        yield port, models
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert "Starting niff-serve on http://127.0.0.1:" in output
+    assert (
+        f"curl -s --data-binary @examples/digits/digit-7.png http://127.0.0.1:{port}/v1/models/digits:classify"
+        in output
+    )
+
+
+def test_curl_line_classifies_the_example(make_serve):
+    port, _ = make_serve
+    line = next(line for line in _block("sh", "curl").splitlines() if line.startswith("curl"))
+    done = subprocess.run(
+        line.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), shell=True, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    best = json.loads(done.stdout)["predictions"][0]["top_k"][0]
+    assert best["label"] == "7" and best["index"] == 7
+
+
+def test_tritonclient_snippet(make_serve):
+    port, models = make_serve
+    snippet = _block("python", "tritonclient").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    snippet = snippet.replace('"models/digits/niff.json"', repr(str(models / "digits" / "niff.json")))
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[3]", "[3]"]
+
+
+def test_second_make_serve_uses_the_cached_export(make_serve):
+    _, models = make_serve
+    venv = Path(sys.executable).parent.parent
+    done = subprocess.run(
+        ["make", "export", f"MODELS={models}", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"Using the cached export in {models}/digits" in done.stdout
