@@ -12,7 +12,9 @@ and peak memory of the child process). Prints a Markdown table with ratios to ea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import os
 import platform
 import resource
 import subprocess
@@ -105,6 +107,14 @@ def time_cli_export(arch: str, size: int) -> tuple[float, float]:
     return elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
 
 
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet50_split", choices=niff.list_models())
@@ -187,17 +197,15 @@ def main() -> None:
 
     eager = rows[0][1]
     print(f"\n{args.arch} at {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, {args.device}")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n"
-    )
+    cpu = _cpu_name()
+    print(f"machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n")
     print("| candidate | img/s | vs eager |\n|---|---:|---:|")
     for label, rate in rows:
         print(f"| {label} | {rate:.1f} | {rate / eager:.1f}x |")
     if args.time_export:
         seconds, peak = time_cli_export(args.arch, args.size)
-        print(
-            f"\nniff-export {args.arch} --size {args.size} (ONNX + TorchScript, parity gate): {seconds:.1f} s, peak RSS {peak:.2f} GB"
-        )
+        what = f"niff-export {args.arch} --size {args.size} (ONNX + TorchScript, parity gate)"
+        print(f"\n{what}: {seconds:.1f} s, peak RSS {peak:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,12 @@ def parse_args() -> argparse.Namespace:
         help="Extra niff-serve option, e.g. --server-arg=--max-queue-size=64",
     )
     parser.add_argument("--request-timeout", type=float, default=120.0, help="Client-side timeout per request.")
+    parser.add_argument(
+        "--honor-retry-after",
+        action="store_true",
+        help="Clients wait as a 503's Retry-After says before their next request (as well-behaved clients do); "
+        "without it a rejected client retries at once.",
+    )
     return parser.parse_args()
 
 
@@ -233,17 +239,21 @@ def run_level(server: Server, args: argparse.Namespace, concurrency: int, bodies
             path, body, headers = bodies[i % len(bodies)]
             i += 1
             t0 = time.perf_counter()
+            retry_after = None
             try:
                 connection.request("POST", path, body=body, headers=headers)
                 response = connection.getresponse()
                 response.read()
                 status = str(response.status)
+                retry_after = response.getheader("Retry-After")
                 if response.getheader("Connection", "").lower() == "close":
                     connection.close()
             except (OSError, http.client.HTTPException) as exc:
                 status = type(exc).__name__
                 connection.close()
             elapsed = time.perf_counter() - t0
+            if args.honor_retry_after and status == "503" and retry_after:
+                time.sleep(float(retry_after))
             if counted:
                 with lock:
                     result.statuses[status] += 1
