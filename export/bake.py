@@ -30,7 +30,6 @@ from export.spectral import (
     SpectralMix,
     depthwise_spectrum,
     mixing_spectrum,
-    scale_output_channels,
     split_pointwise_weight,
 )
 from niff.layers import FreqConv1x1, FreqConvDW, FreqConvFull
@@ -170,11 +169,7 @@ def _fold_batchnorms(gm: fx.GraphModule) -> None:
         if not isinstance(layer, FOLDS_BATCHNORM) or len(source.users) != 1:
             continue
         scale, shift = _batchnorm_affine(bn)
-        folded = (
-            _scaled_conv(layer, scale, shift)
-            if isinstance(layer, nn.Conv2d)
-            else scale_output_channels(layer, scale, shift)
-        )
+        folded = _scaled_conv(layer, scale, shift) if isinstance(layer, nn.Conv2d) else layer.scaled(scale, shift)
         _set_module(gm, source.target, folded)
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)

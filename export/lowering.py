@@ -94,9 +94,10 @@ class SpectralMixMatmul(nn.Module):
         super().__init__()
         n, m = mix.size, mix.size // 2 + 1
         self.size, self.half = n, m
-        self.out_channels = mix.out_channels
+        spectrum = mix.complex_spectrum().permute(2, 3, 0, 1)  # [kh, kw, C_in, C_out]
+        self.out_channels = spectrum.shape[3]
+        spectrum = spectrum.reshape(n * m, spectrum.shape[2], spectrum.shape[3])
         blocks = _dft_blocks(n)
-        spectrum = mix.complex_spectrum().permute(2, 3, 0, 1).reshape(n * m, mix.in_channels, mix.out_channels)
         mixing = torch.cat(
             [torch.cat([spectrum.real, spectrum.imag], 2), torch.cat([-spectrum.imag, spectrum.real], 2)], 1
         )

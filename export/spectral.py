@@ -69,62 +69,60 @@ def split_pointwise_weight(pointwise: FreqConv1x1, in_planes: int) -> Tensor:
     return torch.roll(weight, shifts=(-(weight.shape[0] // 2), -(in_planes // 2)), dims=(0, 1))
 
 
-class SpectralConv(nn.Module):
-    """Depthwise circular convolution by a fixed filter: ``irfft2(rfft2(x) · H) + bias`` with torch.fft.
+class _FixedSpectrum(nn.Module):
+    """A fixed half spectrum, stored as real [..., n, n//2+1, 2] so every exporter can carry it, and a bias.
 
-    ``spectrum`` is stored as real [C, n, n//2+1, 2] so every exporter can carry it.
+    ``irfft2(product(rfft2(x), H)) + bias``; transforms run in the spectrum's precision because CPU FFTs
+    have no float16 kernels. Subclasses say how the product mixes channels.
     """
 
+    output_axis: int  # the spectrum's axis that indexes output channels
+
     def __init__(self, spectrum: Tensor, bias: Tensor | None = None) -> None:
         super().__init__()
         self.size = int(spectrum.shape[-2])
-        self.channels = int(spectrum.shape[0])
         self.register_buffer("spectrum", torch.view_as_real(spectrum.to(torch.complex64)).contiguous())
         self.register_buffer("bias", None if bias is None else bias.float().reshape(1, -1, 1, 1))
 
     def complex_spectrum(self) -> Tensor:
         return torch.view_as_complex(self.spectrum.double())
 
-    def forward(self, x: Tensor) -> Tensor:
-        # Transforms run in the spectrum's precision: CPU FFTs have no float16 kernels.
-        spectrum = torch.view_as_complex(self.spectrum)
-        y = torch.fft.irfft2(torch.fft.rfft2(x.to(self.spectrum.dtype)) * spectrum, s=(self.size, self.size))
-        y = y.to(x.dtype)
-        return y if self.bias is None else y + self.bias
+    def scaled(self, scale: Tensor, shift: Tensor) -> _FixedSpectrum:
+        """The same layer followed by ``y ↦ scale·y + shift`` per output channel (an eval-mode BatchNorm)."""
+        shape = [1] * (self.spectrum.dim() - 1)
+        shape[self.output_axis] = -1
+        spectrum = self.complex_spectrum() * scale.double().reshape(shape)
+        bias = shift.double() if self.bias is None else self.bias.double().flatten() * scale.double() + shift.double()
+        return type(self)(spectrum, bias)
 
-    def extra_repr(self) -> str:
-        return f"{self.channels}, size={self.size}, bias={self.bias is not None}"
-
-
-class SpectralMix(nn.Module):
-    """Full convolution by fixed filters: per frequency, a complex [C_in → C_out] channel mix (torch.fft)."""
-
-    def __init__(self, spectrum: Tensor, bias: Tensor | None = None) -> None:
-        super().__init__()
-        self.size = int(spectrum.shape[-2])
-        self.in_channels, self.out_channels = int(spectrum.shape[0]), int(spectrum.shape[1])
-        self.register_buffer("spectrum", torch.view_as_real(spectrum.to(torch.complex64)).contiguous())
-        self.register_buffer("bias", None if bias is None else bias.float().reshape(1, -1, 1, 1))
-
-    def complex_spectrum(self) -> Tensor:
-        return torch.view_as_complex(self.spectrum.double())
+    def product(self, spectrum_in: Tensor, filters: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        spectrum = torch.view_as_complex(self.spectrum)
-        mixed = torch.einsum("bihw,iohw->bohw", torch.fft.rfft2(x.to(self.spectrum.dtype)), spectrum)
-        y = torch.fft.irfft2(mixed, s=(self.size, self.size)).to(x.dtype)
+        spectrum = self.product(torch.fft.rfft2(x.to(self.spectrum.dtype)), torch.view_as_complex(self.spectrum))
+        y = torch.fft.irfft2(spectrum, s=(self.size, self.size)).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
+
+class SpectralConv(_FixedSpectrum):
+    """Depthwise circular convolution by a fixed filter: a per-channel product with ``H`` [C, n, n//2+1]."""
+
+    output_axis = 0
+
+    def product(self, spectrum_in: Tensor, filters: Tensor) -> Tensor:
+        return spectrum_in * filters
+
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, size={self.size}, bias={self.bias is not None}"
+        return f"{self.spectrum.shape[0]}, size={self.size}, bias={self.bias is not None}"
 
 
-def scale_output_channels(module: SpectralConv | SpectralMix, scale: Tensor, shift: Tensor) -> nn.Module:
-    """The same module with ``y ↦ scale·y + shift`` per output channel folded in (a following BatchNorm)."""
-    spectrum = module.complex_spectrum()
-    if isinstance(module, SpectralConv):
-        spectrum = spectrum * scale.double()[:, None, None]
-    else:
-        spectrum = spectrum * scale.double()[None, :, None, None]
-    bias = shift.double() if module.bias is None else module.bias.double().flatten() * scale.double() + shift.double()
-    return type(module)(spectrum, bias)
+class SpectralMix(_FixedSpectrum):
+    """Full convolution by fixed filters: per frequency, a complex [C_in → C_out] mix with ``H`` [C_in, C_out, n, m]."""
+
+    output_axis = 1
+
+    def product(self, spectrum_in: Tensor, filters: Tensor) -> Tensor:
+        return torch.einsum("bihw,iohw->bohw", spectrum_in, filters)
+
+    def extra_repr(self) -> str:
+        return f"{self.spectrum.shape[0]}, {self.spectrum.shape[1]}, size={self.size}, bias={self.bias is not None}"

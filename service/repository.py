@@ -176,12 +176,20 @@ def read_model_folder(path: Path) -> ModelFolder:
     )
 
 
-def _read_json(path: Path, where: str) -> dict[str, Any]:
+def _read_text(path: Path, where: str, what: str) -> str:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigurationError(f"{where}: {path.name} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(f"{where}: {what} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{where}: {what} is unreadable: {exc}") from None
+
+
+def _read_json(path: Path, where: str) -> dict[str, Any]:
+    text = _read_text(path, where, path.name)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ConfigurationError(f"{where}: {path.name} is unreadable: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigurationError(f"{where}: {path.name} is not a JSON object")
@@ -189,12 +197,7 @@ def _read_json(path: Path, where: str) -> dict[str, Any]:
 
 
 def _read_labels(path: Path, num_classes: int, where: str) -> tuple[str, ...]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ConfigurationError(f"{where}: labels file {path.name} is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"{where}: labels file {path.name} is unreadable: {exc}") from None
+    lines = _read_text(path, where, f"labels file {path.name}").splitlines()
     if len(lines) != num_classes:
         raise ConfigurationError(f"{where}: {path.name} has {len(lines)} lines for {num_classes} classes")
     return tuple(lines)
@@ -202,11 +205,10 @@ def _read_labels(path: Path, num_classes: int, where: str) -> tuple[str, ...]:
 
 def _check_config(path: Path, manifest: Manifest, where: str) -> int:
     """Check config.pbtxt agrees with niff.json; returns its max_batch_size."""
+    text = _read_text(path, where, "config.pbtxt")
     try:
-        config = pbtxt.parse(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigurationError(f"{where}: config.pbtxt is missing") from None
-    except (OSError, UnicodeDecodeError, pbtxt.PbtxtError) as exc:
+        config = pbtxt.parse(text)
+    except pbtxt.PbtxtError as exc:
         raise ConfigurationError(f"{where}: config.pbtxt is unreadable: {exc}") from None
     where = f"{where}: config.pbtxt"
     if _single(config, "name", where) != manifest.name:
