@@ -160,3 +160,31 @@ def test_repository_files_describe_the_model(small_model, tmp_path):
     config = (result.path / "config.pbtxt").read_text()
     assert 'name: "tiny"' in config and "dims: [ 3, 32, 32 ]" in config and "dims: [ 10 ]" in config
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+class _Drift(torch.nn.Module):
+    """An artifact that is 1 % off: what a wrong lowering would produce."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * 1.01
+
+
+def test_parity_gate_refuses_a_wrong_artifact(small_model, tmp_path, monkeypatch):
+    import export.api
+    from export import ExportError
+
+    earlier = export_model(small_model, SMALL, tmp_path, name="drifted", formats=["onnx"])
+    before = (earlier.path / "niff.json").read_text()
+    monkeypatch.setattr(export.api, "in_precision", lambda model, fp16: _Drift(model))
+    with pytest.raises(ExportError) as failure:
+        export_model(small_model, SMALL, tmp_path, name="drifted")
+    message = str(failure.value)
+    assert "parity check failed; nothing was written" in message
+    assert "onnx (fp32)" in message and "FAIL" in message and "baked (torch)" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["drifted"]
+    assert (earlier.path / "niff.json").read_text() == before
+    assert not (earlier.path / "1" / "model.pt").exists()
