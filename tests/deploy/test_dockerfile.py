@@ -285,4 +285,4 @@ def test_dockerignore_keeps_the_rest_out(path):
 def test_image_labels_carry_the_project_version(dockerfile, pyproject):
     labels = dict(item.split("=", 1) for label in dockerfile.final.all("LABEL") for item in shlex.split(label.value))
     assert labels["org.opencontainers.image.version"] == pyproject["project"]["version"]
-    assert labels["org.opencontainers.image.licenses"] == pyproject["project"]["license"]["text"]
+    assert labels["org.opencontainers.image.licenses"] == pyproject["project"]["license"]
