@@ -85,11 +85,6 @@ def _feature_size(node: fx.Node) -> int:
     return int(node.args[0].meta["tensor_meta"].shape[-1])
 
 
-def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
-    parent, _, leaf = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
-
-
 def _pointwise_conv(weight: Tensor) -> nn.Conv2d:
     conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=False)
     conv.weight.copy_(weight.reshape(*weight.shape, 1, 1))
@@ -115,15 +110,15 @@ def _replace_niff_layers(gm: fx.GraphModule) -> None:
             if layer.channels_last:
                 linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
                 linear.weight.copy_(weight)
-                _set_module(gm, node.target, linear)
+                gm.set_submodule(node.target, linear)
             else:
-                _set_module(gm, node.target, _pointwise_conv(weight))
+                gm.set_submodule(node.target, _pointwise_conv(weight))
         elif isinstance(layer, FreqConvFull):
             if layer.transform != "fftifft":
                 raise ExportError(f"{node.target}: a full layer with transform='fft' has no baked form")
-            _set_module(gm, node.target, SpectralMix(mixing_spectrum(layer, size)))
+            gm.set_submodule(node.target, SpectralMix(mixing_spectrum(layer, size)))
         elif layer.transform == "fftifft":
-            _set_module(gm, node.target, SpectralConv(depthwise_spectrum(layer, size)))
+            gm.set_submodule(node.target, SpectralConv(depthwise_spectrum(layer, size)))
         else:
             _replace_split(gm, node, layer, size)
 
@@ -135,8 +130,8 @@ def _replace_split(gm: fx.GraphModule, node: fx.Node, layer: FreqConvDW, size: i
         raise ExportError(
             f"{node.target}: a depthwise 'fft' layer must feed exactly one pointwise 'ifft' layer (a split convolution)"
         )
-    _set_module(gm, node.target, SpectralConv(depthwise_spectrum(layer, size)))
-    _set_module(gm, users[0].target, _pointwise_conv(split_pointwise_weight(pointwise, layer.planes).float()))
+    gm.set_submodule(node.target, SpectralConv(depthwise_spectrum(layer, size)))
+    gm.set_submodule(users[0].target, _pointwise_conv(split_pointwise_weight(pointwise, layer.planes).float()))
     users[0].meta["baked"] = True
 
 
@@ -170,7 +165,7 @@ def _fold_batchnorms(gm: fx.GraphModule) -> None:
             continue
         scale, shift = _batchnorm_affine(bn)
         folded = _scaled_conv(layer, scale, shift) if isinstance(layer, nn.Conv2d) else layer.scaled(scale, shift)
-        _set_module(gm, source.target, folded)
+        gm.set_submodule(source.target, folded)
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)
 
@@ -192,7 +187,7 @@ def _fold_channel_scales(gm: fx.GraphModule) -> None:
         folded.weight.copy_((linear.weight.double() * gamma[:, None]).float())
         if linear.bias is not None:
             folded.bias.copy_((linear.bias.double() * gamma).float())
-        _set_module(gm, sources[0].target, folded)
+        gm.set_submodule(sources[0].target, folded)
         node.replace_all_uses_with(sources[0])
         gm.graph.erase_node(node)
 

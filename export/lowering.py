@@ -132,10 +132,5 @@ def lower(model: nn.Module, lowering: str) -> nn.Module:
     replacements = {SpectralConv: SpectralConvMatmul, SpectralMix: SpectralMixMatmul}
     for name, module in list(model.named_modules()):
         if type(module) in replacements:
-            _set_submodule(model, name, replacements[type(module)](module))
+            model.set_submodule(name, replacements[type(module)](module))
     return model
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
