@@ -95,16 +95,21 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _run_onnx(path: Path, batch: torch.Tensor) -> torch.Tensor:
+def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
+    return lambda batch: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
 
 
-def _run_torchscript(path: Path, batch: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.jit.load(str(path), map_location="cpu")(batch)
+def _torchscript_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    module = torch.jit.load(str(path), map_location="cpu")
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(batch)
+
+    return run
 
 
 def export_model(
@@ -181,21 +186,19 @@ def _parity(
     preprocessing: niff.Preprocessing,
     fp16: bool,
 ) -> ParityReport:
+    precision = "fp16" if fp16 else "fp32"
+    runners = {
+        f"{fmt} ({precision})": (_onnx_runner if fmt == "onnx" else _torchscript_runner)(
+            folder / "1" / MODEL_FILES[fmt]
+        )
+        for fmt in formats
+    }
     rows = []
     for inputs, batch in parity_inputs(size, sample_photos(preprocessing)).items():
         with torch.no_grad():
             reference = model(batch)
             rows.append(compare("baked (torch)", inputs, reference, baked(batch)))
-        for fmt in formats:
-            run = _run_onnx if fmt == "onnx" else _run_torchscript
-            rows.append(
-                compare(
-                    f"{fmt} ({'fp16' if fp16 else 'fp32'})",
-                    inputs,
-                    reference,
-                    run(folder / "1" / MODEL_FILES[fmt], batch),
-                )
-            )
+        rows += [compare(candidate, inputs, reference, run(batch)) for candidate, run in runners.items()]
     return ParityReport(tuple(rows), FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
 
 
