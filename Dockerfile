@@ -57,7 +57,7 @@ RUN pip install --no-cache-dir "/src[service,export]" \
          pip uninstall -y onnxruntime \
          && pip install --no-cache-dir --no-deps "${ONNXRUNTIME_PACKAGE}==${ONNXRUNTIME_VERSION}"; \
        fi \
-    && python -c "import onnxruntime, service, export, niff; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())" \
+    && python -c "import onnxruntime, niff_serve, niff_export, niff; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())" \
     && pip uninstall -y pip
 
 # ---------------------------------------------------------------------------------------------------

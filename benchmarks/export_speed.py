@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 import niff
-from export import bake, export_model, lower
 from niff.layers import FreqConv1x1, FreqConvDW, FreqConvFull
+from niff_export import bake, export_model, lower
 
 
 def spatial_equivalent(model: nn.Module) -> nn.Module:
@@ -99,7 +99,18 @@ def time_cli_export(arch: str, size: int) -> tuple[float, float]:
         torch.save(niff.create_model(arch).state_dict(), checkpoint)
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "export.cli", str(checkpoint), "--size", str(size), "--arch", arch, "--out", tmp],
+            [
+                sys.executable,
+                "-m",
+                "niff_export.cli",
+                str(checkpoint),
+                "--size",
+                str(size),
+                "--arch",
+                arch,
+                "--out",
+                tmp,
+            ],
             check=True,
             capture_output=True,
         )
@@ -179,7 +190,7 @@ def main() -> None:
                     )
                 )
                 if args.fp16:
-                    from export.precision import HalfPrecision
+                    from niff_export.precision import HalfPrecision
 
                     half = torch.jit.script(HalfPrecision(lower(copy.deepcopy(baked), lowering))).to(device)
                     rows.append(

@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.backends import load_backend
-from service.repository import read_model_folder
-from service.settings import Settings
+from niff_serve.backends import load_backend
+from niff_serve.repository import read_model_folder
+from niff_serve.settings import Settings
 
 
 @dataclass
@@ -120,12 +120,12 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m service`` on 127.0.0.1 with a free port; its JSON log goes to a temporary file."""
+    """``python -m niff_serve`` on 127.0.0.1 with a free port; its JSON log goes to a temporary file."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="niff-serve-", suffix=".log", delete=False)  # noqa: SIM115
-        command = [sys.executable, "-m", "service", "--model-repository", str(args.model_repository)]
+        command = [sys.executable, "-m", "niff_serve", "--model-repository", str(args.model_repository)]
         command += ["--port", str(self.port), "--backend", args.backend, "--device", args.device]
         command += ["--max-batch-size", str(args.max_batch_size), "--backend-threads", str(args.backend_threads)]
         command += ["--log-level", "warning", *args.server_arg]

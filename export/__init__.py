@@ -1,10 +1,10 @@
 """Export NIFF models: bake the filters at one size, simplify exactly, lower the transforms, write ONNX and
 TorchScript into a model-repository folder, and prove parity with eager PyTorch first."""
 
-from export.api import FORMATS, ExportResult, export_checkpoint, export_model, lowering_for
-from export.bake import bake
-from export.errors import ExportError
-from export.lowering import LOWERINGS, lower
+from niff_export.api import FORMATS, ExportResult, export_checkpoint, export_model, lowering_for
+from niff_export.bake import bake
+from niff_export.errors import ExportError
+from niff_export.lowering import LOWERINGS, lower
 
 __all__ = [
     "FORMATS",

@@ -16,15 +16,15 @@ import torch
 from torch import nn
 
 import niff
-from export.artifacts import INPUT_NAME, OUTPUT_NAME, sha256, write_onnx, write_torchscript
-from export.bake import bake
-from export.errors import ExportError
-from export.images import sample_photos
-from export.labels import resolve_labels
-from export.lowering import LOWERINGS, lower
-from export.parity import FP16_TOLERANCE, FP32_TOLERANCE, ParityReport, compare, parity_inputs
-from export.precision import in_precision
-from export.repository import FORMAT_VERSION, MODEL_FILES, StagingFolder, check_name, config_pbtxt, jsonable
+from niff_export.artifacts import INPUT_NAME, OUTPUT_NAME, sha256, write_onnx, write_torchscript
+from niff_export.bake import bake
+from niff_export.errors import ExportError
+from niff_export.images import sample_photos
+from niff_export.labels import resolve_labels
+from niff_export.lowering import LOWERINGS, lower
+from niff_export.parity import FP16_TOLERANCE, FP32_TOLERANCE, ParityReport, compare, parity_inputs
+from niff_export.precision import in_precision
+from niff_export.repository import FORMAT_VERSION, MODEL_FILES, StagingFolder, check_name, config_pbtxt, jsonable
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 DEFAULT_LOWERING = {"onnx": "matmul", "torchscript": "torch"}

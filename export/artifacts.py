@@ -13,7 +13,7 @@ import onnx
 import torch
 from torch import nn
 
-from export.errors import ExportError
+from niff_export.errors import ExportError
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # The ONNX DFT op exists from opset 20; the matmul lowering only needs long-standing ops.

@@ -24,15 +24,15 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from export.errors import ExportError
-from export.spectral import (
+from niff.layers import FreqConv1x1, FreqConvDW, FreqConvFull
+from niff_export.errors import ExportError
+from niff_export.spectral import (
     SpectralConv,
     SpectralMix,
     depthwise_spectrum,
     mixing_spectrum,
     split_pointwise_weight,
 )
-from niff.layers import FreqConv1x1, FreqConvDW, FreqConvFull
 
 NIFF_LAYERS = (FreqConvDW, FreqConvFull, FreqConv1x1)
 FOLDS_BATCHNORM = (nn.Conv2d, SpectralConv, SpectralMix)

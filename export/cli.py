@@ -9,10 +9,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.api import DEFAULT_LOWERING, FORMATS, ExportResult, export_checkpoint
-from export.errors import ExportError
-from export.labels import read_labels
-from export.lowering import LOWERINGS
+from niff_export.api import DEFAULT_LOWERING, FORMATS, ExportResult, export_checkpoint
+from niff_export.errors import ExportError
+from niff_export.labels import read_labels
+from niff_export.lowering import LOWERINGS
 
 DESCRIPTION = """\
 Export a NIFF checkpoint (trained with the paper's code or ours) for deployment.

@@ -6,7 +6,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from export.errors import ExportError
+from niff_export.errors import ExportError
 
 IMAGENET_CLASSES = 1000
 

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from export.spectral import SpectralConv, SpectralMix
+from niff_export.spectral import SpectralConv, SpectralMix
 
 # How each artifact format computes the transforms, per --fft choice.
 LOWERINGS: tuple[str, ...] = ("matmul", "dft", "torch")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from export.spectral import SpectralConv, SpectralMix
+from niff_export.spectral import SpectralConv, SpectralMix
 
 
 class HalfPrecision(nn.Module):

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from export.artifacts import INPUT_NAME, OUTPUT_NAME
-from export.errors import ExportError
+from niff_export.artifacts import INPUT_NAME, OUTPUT_NAME
+from niff_export.errors import ExportError
 
 FORMAT_VERSION = 1
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}

@@ -1,5 +1,5 @@
 """niff-serve: the inference service for exported NIFF models (REST classification and KServe v2)."""
 
-from service.version import __version__
+from niff_serve.version import __version__
 
 __all__ = ["__version__"]

@@ -1,5 +1,5 @@
-"""``python -m service`` is ``niff-serve``."""
+"""``python -m niff_serve`` is ``niff-serve``."""
 
-from service.cli import main
+from niff_serve.cli import main
 
 main()

@@ -15,12 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ConfigurationError, ServiceError, describe_errors
-from service.middleware import RequestContextMiddleware
-from service.routes import docs, health, v1, v2
-from service.runtime import ServiceState
-from service.settings import Settings
-from service.version import __version__
+from niff_serve.errors import ConfigurationError, ServiceError, describe_errors
+from niff_serve.middleware import RequestContextMiddleware
+from niff_serve.routes import docs, health, v1, v2
+from niff_serve.runtime import ServiceState
+from niff_serve.settings import Settings
+from niff_serve.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import Unauthorized
+from niff_serve.errors import Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="The server's NIFF_API_KEY, when it has one.")
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.deadline import Deadline
-from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
-from service.metrics import ModelMetrics
+from niff_serve.deadline import Deadline
+from niff_serve.errors import BadRequest, DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
+from niff_serve.metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``niff-serve``: validate settings and the model repository, then run uvicorn until SIGTERM.
 
-Options mirror :class:`~service.settings.Settings` one to one (``--max-batch-size`` is
+Options mirror :class:`~niff_serve.settings.Settings` one to one (``--max-batch-size`` is
 ``NIFF_MAX_BATCH_SIZE``) and override the environment. Bad settings or an unusable model folder end
 the process with one line on stderr and exit status 2; a model that fails to load or warm up ends it
 with status 1.
@@ -20,14 +20,14 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from service.app import create_app
-from service.backends import choose_backend
-from service.errors import ConfigurationError, describe_errors
-from service.logs import configure_logging
-from service.repository import scan_repository
-from service.runtime import ServiceState
-from service.settings import Settings, env_name
-from service.version import __version__
+from niff_serve.app import create_app
+from niff_serve.backends import choose_backend
+from niff_serve.errors import ConfigurationError, describe_errors
+from niff_serve.logs import configure_logging
+from niff_serve.repository import scan_repository
+from niff_serve.runtime import ServiceState
+from niff_serve.settings import Settings, env_name
+from niff_serve.version import __version__
 
 PROG = "niff-serve"
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from service.errors import DeadlineExceeded
+from niff_serve.errors import DeadlineExceeded
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from starlette.types import Receive
 
-from service.errors import ClientClosedRequest
+from niff_serve.errors import ClientClosedRequest
 
 T = TypeVar("T")
 

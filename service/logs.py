@@ -34,7 +34,7 @@ class JsonFormatter(logging.Formatter):
 def _not_an_expected_startup_traceback(record: logging.LogRecord) -> bool:
     """Drop uvicorn's traceback of a start-up ConfigurationError: the app already logged it in one line."""
     message = str(record.msg)
-    return not (message.startswith("Traceback") and "service.errors.ConfigurationError" in message)
+    return not (message.startswith("Traceback") and "niff_serve.errors.ConfigurationError" in message)
 
 
 def configure_logging(level: str) -> None:

@@ -15,10 +15,10 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.logs import request_id_var
-from service.metrics import Metrics
+from niff_serve.logs import request_id_var
+from niff_serve.metrics import Metrics
 
-access_logger = logging.getLogger("service.access")
+access_logger = logging.getLogger("niff_serve.access")
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"

@@ -13,8 +13,8 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.repository import PreprocessingSpec
+from niff_serve.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from niff_serve.repository import PreprocessingSpec
 
 # Only these decoders ever see the bytes (JPEG's also opens MPO, the variant many cameras write).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")

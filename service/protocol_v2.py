@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from service.errors import BadRequest, describe_errors
-from service.postprocessing import softmax
-from service.request_body import Upload
+from niff_serve.errors import BadRequest, describe_errors
+from niff_serve.postprocessing import softmax
+from niff_serve.request_body import Upload
 
 TENSOR_INPUT = "input"
 IMAGE_INPUT = "image"

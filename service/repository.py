@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from service import pbtxt
-from service.errors import ConfigurationError, describe_errors
+from niff_serve import pbtxt
+from niff_serve.errors import ConfigurationError, describe_errors
 
 ArtifactKind = Literal["onnx", "torchscript"]
 ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("onnx", "torchscript")

@@ -9,8 +9,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from service.deadline import Deadline
-from service.errors import (
+from niff_serve.deadline import Deadline
+from niff_serve.errors import (
     BadRequest,
     ClientClosedRequest,
     DeadlineExceeded,

@@ -12,16 +12,16 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 from fastapi import Depends, Request
 
-from service.backends import Backend, load_backend, warm_up
-from service.batcher import BatchResult, DynamicBatcher
-from service.deadline import Deadline
-from service.errors import NotFound, ServiceError
-from service.metrics import Metrics, ModelMetrics
-from service.preprocessing import Preprocessor
-from service.protocol_v2 import TensorShape
-from service.repository import ModelFolder, scan_repository
-from service.request_body import Upload
-from service.settings import Settings, unknown_env_names
+from niff_serve.backends import Backend, load_backend, warm_up
+from niff_serve.batcher import BatchResult, DynamicBatcher
+from niff_serve.deadline import Deadline
+from niff_serve.errors import NotFound, ServiceError
+from niff_serve.metrics import Metrics, ModelMetrics
+from niff_serve.preprocessing import Preprocessor
+from niff_serve.protocol_v2 import TensorShape
+from niff_serve.repository import ModelFolder, scan_repository
+from niff_serve.request_body import Upload
+from niff_serve.settings import Settings, unknown_env_names
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

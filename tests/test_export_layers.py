@@ -10,10 +10,10 @@ import pytest
 import torch
 from reference_vectors import MISSING_REASON, available, layer_for, relative_error, vectors
 
-from export import bake, lower
-from export.artifacts import write_onnx
-from export.spectral import SpectralConv, SpectralMix, half_spectrum
 from niff.layers import FreqConv1x1, FreqConvDW, split_conv
+from niff_export import bake, lower
+from niff_export.artifacts import write_onnx
+from niff_export.spectral import SpectralConv, SpectralMix, half_spectrum
 
 GOLDEN_LAYERS = [g for g in vectors() if g.is_layer]
 

@@ -16,8 +16,8 @@ from model_helpers import zoo_model
 from reference_vectors import MISSING_REASON, REFERENCE_DIR, available, relative_error
 
 import niff
-from export import export_checkpoint, export_model
-from export.artifacts import sha256
+from niff_export import export_checkpoint, export_model
+from niff_export.artifacts import sha256
 
 SMALL = 32
 
@@ -130,7 +130,7 @@ def test_torchscript_runs_without_our_packages(small_model, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        for name in ("niff", "export", "service"):
+        for name in ("niff", "niff_export", "niff_serve"):
             sys.modules[name] = None  # any import of our packages now fails
         import torch
         model = torch.jit.load({str(result.path / "1" / "model.pt")!r})
@@ -174,12 +174,12 @@ class _Drift(torch.nn.Module):
 
 
 def test_parity_gate_refuses_a_wrong_artifact(small_model, tmp_path, monkeypatch):
-    import export.api
-    from export import ExportError
+    import niff_export.api
+    from niff_export import ExportError
 
     earlier = export_model(small_model, SMALL, tmp_path, name="drifted", formats=["onnx"])
     before = (earlier.path / "niff.json").read_text()
-    monkeypatch.setattr(export.api, "in_precision", lambda model, fp16: _Drift(model))
+    monkeypatch.setattr(niff_export.api, "in_precision", lambda model, fp16: _Drift(model))
     with pytest.raises(ExportError) as failure:
         export_model(small_model, SMALL, tmp_path, name="drifted")
     message = str(failure.value)

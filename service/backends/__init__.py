@@ -11,10 +11,10 @@ import logging
 
 import numpy as np
 
-from service.backends.base import Backend, BackendKind, DeviceKind
-from service.errors import ConfigurationError
-from service.repository import ArtifactKind, ModelFolder
-from service.settings import Settings
+from niff_serve.backends.base import Backend, BackendKind, DeviceKind
+from niff_serve.errors import ConfigurationError
+from niff_serve.repository import ArtifactKind, ModelFolder
+from niff_serve.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +25,12 @@ __all__ = ["Backend", "BackendKind", "DeviceKind", "choose_backend", "load_backe
 
 def _cuda_available(kind: BackendKind) -> bool:
     if kind == "onnxruntime":
-        from service.backends import onnxruntime
+        from niff_serve.backends import onnxruntime
 
         return onnxruntime.cuda_available()
     if importlib.util.find_spec("torch") is None:
         return False
-    from service.backends import torchscript
+    from niff_serve.backends import torchscript
 
     return torchscript.cuda_available()
 
@@ -62,10 +62,10 @@ def load_backend(folder: ModelFolder, settings: Settings, max_batch_size: int) -
     manifest = folder.manifest
     try:
         if kind == "onnxruntime":
-            from service.backends.onnxruntime import OnnxRuntimeBackend
+            from niff_serve.backends.onnxruntime import OnnxRuntimeBackend
 
             return OnnxRuntimeBackend(path, device, manifest.input.name, manifest.output.name, settings.backend_threads)
-        from service.backends.torchscript import TorchScriptBackend
+        from niff_serve.backends.torchscript import TorchScriptBackend
 
         return TorchScriptBackend(
             path, device, max_batch_size, manifest.input.shape, folder.num_classes, settings.backend_threads

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.backends.base import Backend, DeviceKind
-from service.errors import ConfigurationError
+from niff_serve.backends.base import Backend, DeviceKind
+from niff_serve.errors import ConfigurationError
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 

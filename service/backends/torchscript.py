@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.backends.base import Backend, DeviceKind
-from service.errors import ConfigurationError
+from niff_serve.backends.base import Backend, DeviceKind
+from niff_serve.errors import ConfigurationError
 
 
 def cuda_available() -> bool:

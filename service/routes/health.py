@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from service.metrics import CONTENT_TYPE_LATEST
-from service.runtime import ServiceState, State
-from service.schemas import Health, Liveness, Readiness
+from niff_serve.metrics import CONTENT_TYPE_LATEST
+from niff_serve.runtime import ServiceState, State
+from niff_serve.schemas import Health, Liveness, Readiness
 
 router = APIRouter(tags=["Health"])
 

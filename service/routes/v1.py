@@ -6,14 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from service.auth import require_api_key
-from service.deadline import Deadline
-from service.disconnect import cancel_on_disconnect
-from service.errors import BadRequest
-from service.postprocessing import softmax, top_k_indices
-from service.request_body import image_uploads, read_body
-from service.runtime import Model, ModelRuntime, State
-from service.schemas import (
+from niff_serve.auth import require_api_key
+from niff_serve.deadline import Deadline
+from niff_serve.disconnect import cancel_on_disconnect
+from niff_serve.errors import BadRequest
+from niff_serve.postprocessing import softmax, top_k_indices
+from niff_serve.request_body import image_uploads, read_body
+from niff_serve.runtime import Model, ModelRuntime, State
+from niff_serve.schemas import (
     ERROR_RESPONSES,
     ClassifyResponse,
     ClassScore,

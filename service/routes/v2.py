@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.auth import require_api_key
-from service.deadline import Deadline
-from service.disconnect import cancel_on_disconnect
-from service.errors import ServiceUnavailable
-from service.protocol_v2 import (
+from niff_serve.auth import require_api_key
+from niff_serve.deadline import Deadline
+from niff_serve.disconnect import cancel_on_disconnect
+from niff_serve.errors import ServiceUnavailable
+from niff_serve.protocol_v2 import (
     HEADER_LENGTH,
     ModelMetadata,
     ServerMetadata,
@@ -16,10 +16,10 @@ from service.protocol_v2 import (
     encode_response,
     model_metadata,
 )
-from service.request_body import read_body
-from service.runtime import Model, State
-from service.schemas import ERROR_RESPONSES, Readiness
-from service.version import __version__
+from niff_serve.request_body import read_body
+from niff_serve.runtime import Model, State
+from niff_serve.schemas import ERROR_RESPONSES, Readiness
+from niff_serve.version import __version__
 
 router = APIRouter(prefix="/v2", tags=["KServe v2"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
 

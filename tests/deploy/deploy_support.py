@@ -1,7 +1,7 @@
 """Readers shared by the deployment checks: the Dockerfile, the manifests, pyproject and the service.
 
-Everything the tests compare against comes from the code (``service.settings.Settings``,
-``service.app.create_app``, ``service.cli``) or from pyproject.toml, never from copied values.
+Everything the tests compare against comes from the code (``niff_serve.settings.Settings``,
+``niff_serve.app.create_app``, ``niff_serve.cli``) or from pyproject.toml, never from copied values.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def serving_workloads() -> list[Workload]:
 # The service, read from its code
 # --------------------------------------------------------------------------------------------------
 def settings_class() -> type:
-    from service.settings import Settings
+    from niff_serve.settings import Settings
 
     return Settings
 
@@ -272,13 +272,13 @@ def load_target(target: str) -> Any:
 
 def serve_script_name(pyproject: dict[str, Any]) -> str:
     """The console script whose target lives in the service package (niff-serve)."""
-    names = [n for n, t in pyproject["project"]["scripts"].items() if t.startswith("service.")]
+    names = [n for n, t in pyproject["project"]["scripts"].items() if t.startswith("niff_serve.")]
     assert len(names) == 1, f"expected one console script into service/, got {names}"
     return names[0]
 
 
 def export_script_name(pyproject: dict[str, Any]) -> str:
-    names = [n for n, t in pyproject["project"]["scripts"].items() if t.startswith("export.")]
+    names = [n for n, t in pyproject["project"]["scripts"].items() if t.startswith("niff_export.")]
     assert len(names) == 1, f"expected one console script into export/, got {names}"
     return names[0]
 

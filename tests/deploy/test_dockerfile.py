@@ -3,7 +3,6 @@ its entry point, port, health check, settings and build context match the projec
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import shlex
 import shutil
@@ -106,8 +105,10 @@ def test_builder_installs_cuda_torch_first_then_the_project_with_onnxruntime_gpu
     assert "pip uninstall -y onnxruntime" in runs[project_run], "the CPU onnxruntime must give way to the GPU build"
 
     # The pinned versions satisfy what the project declares.
-    requirements = [Requirement(r) for r in pyproject["project"]["dependencies"]]
-    requirements += [Requirement(r) for r in pyproject["project"]["optional-dependencies"]["service"]]
+    declared = pyproject["project"]["optional-dependencies"]
+    requirements = [
+        Requirement(r) for r in pyproject["project"]["dependencies"] + declared["service"] + declared["torch"]
+    ]
     by_name = {r.name: r for r in requirements}
     assert by_name["torch"].specifier.contains(args["TORCH_VERSION"]), (args["TORCH_VERSION"], by_name["torch"])
     assert by_name["onnxruntime"].specifier.contains(args["ONNXRUNTIME_VERSION"])
@@ -119,9 +120,9 @@ def test_builder_copies_every_package_the_project_ships(dockerfile, pyproject):
     for copy in builder.all("COPY"):
         parts = [p for p in copy.value.split() if not p.startswith("--")]
         copied.update(Path(p).as_posix().rstrip("/") for p in parts[:-1])
-    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
-    shipped = {p for p in packages if any(fnmatch.fnmatch(p, pattern) for pattern in patterns)}
+    setuptools = pyproject["tool"]["setuptools"]
+    folders = setuptools["package-dir"]
+    shipped = {folders.get(p, p) for p in setuptools["packages"] if "." not in p}
     assert shipped, "no packages found"
     assert shipped <= copied, f"packages not copied into the build: {shipped - copied}"
     assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
@@ -150,7 +151,7 @@ def test_entrypoint_is_the_serve_console_script(dockerfile, pyproject):
 
 def test_export_console_script_is_installed_too(dockerfile, pyproject):
     """Init containers run niff-export from the same image: the export package must be installed."""
-    name = next(n for n, t in pyproject["project"]["scripts"].items() if t.startswith("export."))
+    name = next(n for n, t in pyproject["project"]["scripts"].items() if t.startswith("niff_export."))
     runs = " ".join(r.value for r in dockerfile.stages[0].all("RUN"))
     assert "export" in re.search(r"/src\[([\w,]+)\]", runs).group(1), f"{name} needs the export extra"
 

@@ -1,6 +1,6 @@
 """Fixtures for the service tests: a model repository exported in this session, real servers, real photos.
 
-Servers are real ``python -m service`` processes (the ``niff-serve`` entry point) on 127.0.0.1 and a free
+Servers are real ``python -m niff_serve`` processes (the ``niff-serve`` entry point) on 127.0.0.1 and a free
 port; tests talk to them over HTTP only.
 """
 
@@ -30,11 +30,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_sample_images
 
-import export
 import niff
-from service.postprocessing import softmax
-from service.preprocessing import Preprocessor
-from service.repository import read_model_folder
+import niff_export
+from niff_serve.postprocessing import softmax
+from niff_serve.preprocessing import Preprocessor
+from niff_serve.repository import read_model_folder
 
 API_KEY = "test-key-0123456789"
 TINY = "tiny"  # 10 classes, 32x32, ONNX and TorchScript
@@ -58,7 +58,7 @@ def export_test_model(
     )
     if preprocessing is not None:
         model.niff_spec = dataclasses.replace(model.niff_spec, preprocessing=preprocessing)
-    return export.export_model(model, size, repository, name, formats=formats, labels=labels).path
+    return niff_export.export_model(model, size, repository, name, formats=formats, labels=labels).path
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +140,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A ``python -m service`` process and HTTP helpers to talk to it."""
+    """A ``python -m niff_serve`` process and HTTP helpers to talk to it."""
 
     def __init__(self, repository: Path, log_path: Path, *args: str, api_key: str | None = None) -> None:
         self.port = free_port()
@@ -150,7 +150,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIFF_")}
         if api_key is not None:
             env["NIFF_API_KEY"] = api_key
-        command = [sys.executable, "-m", "service", "--model-repository", str(repository), "--port", str(self.port)]
+        command = [sys.executable, "-m", "niff_serve", "--model-repository", str(repository), "--port", str(self.port)]
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [*command, "--device", "cpu", "--backend-threads", "1", "--preprocess-workers", "2", *args],

@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import pytest
 
-from service.batcher import DynamicBatcher
-from service.deadline import Deadline
-from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
-from service.metrics import Metrics
+from niff_serve.batcher import DynamicBatcher
+from niff_serve.deadline import Deadline
+from niff_serve.errors import BadRequest, DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
+from niff_serve.metrics import Metrics
 
 
 class RecordingBackend:

@@ -6,7 +6,7 @@ import ctypes
 
 import pytest
 
-from service.backends import onnxruntime as ort_backend
+from niff_serve.backends import onnxruntime as ort_backend
 
 
 def test_no_driver_means_no_gpu(monkeypatch):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import export
 import niff
+import niff_export
 from niff import digits
 
 BATCH = 15
@@ -19,7 +19,7 @@ BATCH = 15
 @pytest.fixture(scope="module")
 def digits_server(tmp_path_factory: pytest.TempPathFactory, start_server):
     repository = tmp_path_factory.mktemp("digits_models")
-    export.export_checkpoint(digits.DEFAULT_CHECKPOINT, digits.INPUT_SIZE, repository, name="digits")
+    niff_export.export_checkpoint(digits.DEFAULT_CHECKPOINT, digits.INPUT_SIZE, repository, name="digits")
     return start_server(repository, "--max-batch-size", str(BATCH))
 
 

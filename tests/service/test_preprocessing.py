@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.preprocessing import Preprocessor, decode_image
-from service.repository import PreprocessingSpec
+from niff_serve.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from niff_serve.preprocessing import Preprocessor, decode_image
+from niff_serve.repository import PreprocessingSpec
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 

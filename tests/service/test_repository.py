@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from service import pbtxt
-from service.errors import ConfigurationError
-from service.repository import read_model_folder, scan_repository
+from niff_serve import pbtxt
+from niff_serve.errors import ConfigurationError
+from niff_serve.repository import read_model_folder, scan_repository
 
 from .conftest import MINI, TINY
 

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.cli import main
+from niff_serve.cli import main
 
 from .conftest import MINI, TINY, Photos, Reference, ServerProcess, classify, free_port
 
@@ -60,7 +60,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits(
 
 
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "service", *args]
+    command = [sys.executable, "-m", "niff_serve", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, check=False)
 
 

@@ -110,7 +110,7 @@ def test_request_id_is_echoed_or_generated(client: httpx.Client, server: ServerP
     assert re.fullmatch(r"[0-9a-f]{32}", too_long)
     client.get("/v1/models", headers={"X-Request-ID": "find-me-in-the-log"})
     [record] = [r for r in server.log_records() if r.get("request_id") == "find-me-in-the-log"]
-    assert record["logger"] == "service.access" and record["status"] == 200 and record["route"] == "/v1/models"
+    assert record["logger"] == "niff_serve.access" and record["status"] == 200 and record["route"] == "/v1/models"
 
 
 def test_docs_render_without_a_cdn(client: httpx.Client) -> None:

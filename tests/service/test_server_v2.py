@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from service.postprocessing import softmax
+from niff_serve.postprocessing import softmax
 
 from .conftest import MINI, TINY, Photos, Reference, ServerProcess
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, unknown_env_names
+from niff_serve.settings import Settings, unknown_env_names
 
 FIELDS = {
     "model_repository", "backend", "device", "max_batch_size", "max_batch_delay_ms", "max_queue_size",
