@@ -22,6 +22,7 @@ from pydantic_settings import SettingsError
 
 from niff_serve.app import create_app
 from niff_serve.backends import choose_backend
+from niff_serve.connections import ConnectionLimits, limited_protocol, raise_open_file_limit
 from niff_serve.errors import ConfigurationError, describe_errors
 from niff_serve.logs import configure_logging
 from niff_serve.repository import scan_repository
@@ -121,10 +122,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(settings.log_level)
     app = create_app(settings)
     state: ServiceState = app.state.service
+    limits = ConnectionLimits(settings.max_header_bytes, settings.header_timeout_s, settings.max_connections)
+    raise_open_file_limit(settings.max_connections)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=limited_protocol(limits),
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
         log_config=None,
         access_log=False,
         lifespan="on",

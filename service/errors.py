@@ -46,6 +46,12 @@ class UnsupportedMediaType(ServiceError):
     status_code = 415
 
 
+class UnprocessableContent(ServiceError):
+    """Well-formed, but outside what this server processes (an image of an extreme aspect ratio)."""
+
+    status_code = 422
+
+
 class ClientClosedRequest(ServiceError):
     """The client went away; nobody reads this answer, the status only labels logs and metrics."""
 

@@ -43,6 +43,9 @@ class Metrics:
             ["route", "method", "status"],
             registry=reg,
         )
+        self.in_progress = Gauge(
+            "niff_http_requests_in_progress", "HTTP requests being served (a scrape counts itself).", registry=reg
+        )
         self.request_seconds = Histogram(
             "niff_http_request_duration_seconds",
             "Time from request start to the end of the response.",

@@ -9,11 +9,12 @@ decoder failure becomes a 4xx naming the problem.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from niff_serve.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from niff_serve.errors import BadRequest, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
 from niff_serve.repository import PreprocessingSpec
 
 # Only these decoders ever see the bytes (JPEG's also opens MPO, the variant many cameras write).
@@ -36,15 +37,27 @@ _RESAMPLING = {
 }
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """An upright RGB image from encoded bytes; 400/413/415 for anything that is not a sane image."""
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image may be, checked from its header before a pixel is decoded.
+
+    The aspect ratio bounds the resize before the center crop: its shorter side becomes ``resize``, so a
+    1×N image would grow to ``resize × resize·N`` pixels.
+    """
+
+    max_pixels: int = 40_000_000
+    max_aspect_ratio: float = 20.0
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """An upright RGB image from encoded bytes; 400/413/415/422 for anything that is not a sane image."""
     if not data:
         raise BadRequest("the image is empty (0 bytes)")
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError:
         # Pillow's own guard fires above 2 * MAX_IMAGE_PIXELS, before our check can run.
-        limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+        limit = min(limits.max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or limits.max_pixels))
         raise PayloadTooLarge(f"the image has more than {limit} pixels, more than this server decodes") from None
     except Exception:  # Pillow raises many types for bytes it cannot identify
         known = _sniff(data)
@@ -52,10 +65,17 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             raise BadRequest(f"the {known} image is truncated or corrupt (its header does not parse)") from None
         raise UnsupportedMediaType(f"the data is not a {_FORMAT_NAMES} image") from None
     width, height = image.size
-    if width * height > max_pixels:
-        raise PayloadTooLarge(f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+        )
     if width == 0 or height == 0:
         raise BadRequest(f"the image is {width}x{height}")
+    if max(width, height) > limits.max_aspect_ratio * min(width, height):
+        raise UnprocessableContent(
+            f"the image is {width}x{height}, an aspect ratio of {max(width, height) / min(width, height):.4g}:1; "
+            f"the limit is {limits.max_aspect_ratio:g}:1"
+        )
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -82,18 +102,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 class Preprocessor:
     """One model's preprocessing; thread-safe, called from the worker pool."""
 
-    def __init__(self, spec: PreprocessingSpec, max_pixels: int) -> None:
+    def __init__(self, spec: PreprocessingSpec, limits: ImageLimits) -> None:
         self.input_size = spec.input_size
         self._resize = spec.resize_size
         self._resample = _RESAMPLING[spec.interpolation]
         std = np.asarray(spec.std, dtype=np.float32)
         self._scale = (1 / (255 * std)).astype(np.float32)
         self._offset = (np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
-        self._max_pixels = max_pixels
+        self._limits = limits
 
     def __call__(self, data: bytes) -> np.ndarray:
         """``[3, S, S]`` float32 for one encoded image."""
-        return self.transform(decode_image(data, self._max_pixels))
+        return self.transform(decode_image(data, self._limits))
 
     def transform(self, image: Image.Image) -> np.ndarray:
         """Resize, center-crop and normalize an RGB image to ``[3, S, S]`` float32."""

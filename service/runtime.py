@@ -20,7 +20,7 @@ from niff_serve.metrics import Metrics, ModelMetrics
 from niff_serve.preprocessing import Preprocessor
 from niff_serve.protocol_v2 import TensorShape
 from niff_serve.repository import ModelFolder, scan_repository
-from niff_serve.request_body import Upload
+from niff_serve.request_body import BodyBudget, Upload
 from niff_serve.settings import Settings, unknown_env_names
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ModelRuntime:
         self.backend = backend
         self.max_batch_size = max_batch_size
         self.tensor_shape = TensorShape(folder.input_size, folder.num_classes)
-        self._preprocessor = Preprocessor(folder.manifest.preprocessing, settings.max_image_pixels)
+        self._preprocessor = Preprocessor(folder.manifest.preprocessing, settings.image_limits)
         self.metrics = metrics
         self._pool = pool
         self.batcher = DynamicBatcher(
@@ -110,6 +110,7 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.body_budget = BodyBudget(settings.max_body_memory_bytes)
         self.models: dict[str, ModelRuntime] = {}
         self.loaded = False
         self.draining = False

@@ -88,9 +88,10 @@ async def classify(
     deadline = Deadline(state.settings.request_timeout_s)
     if top_k > runtime.folder.num_classes:
         raise BadRequest(f"top_k is {top_k}; the model has {runtime.folder.num_classes} classes")
-    body = await read_body(request, state.settings.max_upload_bytes, deadline)
-    uploads = await image_uploads(request, body, max_files=runtime.max_batch_size)
-    result, preprocess_s = await cancel_on_disconnect(request.receive, runtime.infer_images(uploads, deadline))
+    with state.body_budget.share() as share:
+        body = await read_body(request, state.settings.max_upload_bytes, deadline, share)
+        uploads = await image_uploads(request, body, max_files=runtime.max_batch_size)
+        result, preprocess_s = await cancel_on_disconnect(request.receive, runtime.infer_images(uploads, deadline))
     probabilities = softmax(result.logits)
     best = top_k_indices(probabilities, top_k)
     labels = runtime.folder.labels

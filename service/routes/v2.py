@@ -63,16 +63,25 @@ async def model_ready(runtime: Model, state: State) -> Readiness:
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY, include_in_schema=False)
 async def infer(runtime: Model, request: Request, state: State) -> Response:
     deadline = Deadline(state.settings.request_timeout_s)
-    body = await read_body(request, state.settings.max_upload_bytes, deadline)
-    decoded = await state.offload(decode_request, body, request.headers.get(HEADER_LENGTH), runtime.tensor_shape)
-    if decoded.timeout_s is not None:
-        deadline = deadline.tightened(decoded.timeout_s)
-    if decoded.images is not None:
-        work = runtime.infer_images(decoded.images, deadline)
-        result, _ = await cancel_on_disconnect(request.receive, work)
-    else:
-        assert decoded.tensor is not None
-        result = await cancel_on_disconnect(request.receive, runtime.infer_tensor(decoded.tensor, deadline))
+    settings = state.settings
+    with state.body_budget.share() as share:
+        body = await read_body(request, settings.max_upload_bytes, deadline, share)
+        decoded = await state.offload(
+            decode_request,
+            body,
+            request.headers.get(HEADER_LENGTH),
+            runtime.tensor_shape,
+            settings.max_json_bytes,
+            share.claim,
+        )
+        if decoded.timeout_s is not None:
+            deadline = deadline.tightened(decoded.timeout_s)
+        if decoded.images is not None:
+            work = runtime.infer_images(decoded.images, deadline)
+            result, _ = await cancel_on_disconnect(request.receive, work)
+        else:
+            assert decoded.tensor is not None
+            result = await cancel_on_disconnect(request.receive, runtime.infer_tensor(decoded.tensor, deadline))
     content, headers = await state.offload(
         encode_response, runtime.name, runtime.folder.version, decoded, result.logits
     )

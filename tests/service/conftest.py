@@ -33,7 +33,7 @@ from sklearn.datasets import load_sample_images
 import niff
 import niff_export
 from niff_serve.postprocessing import softmax
-from niff_serve.preprocessing import Preprocessor
+from niff_serve.preprocessing import ImageLimits, Preprocessor
 from niff_serve.repository import read_model_folder
 
 API_KEY = "test-key-0123456789"
@@ -93,7 +93,7 @@ class Reference:
 
     def preprocess(self, model: str, data: bytes) -> np.ndarray:
         folder = read_model_folder(self._repository / model)
-        return Preprocessor(folder.manifest.preprocessing, max_pixels=10**8)(data)
+        return Preprocessor(folder.manifest.preprocessing, ImageLimits(max_pixels=10**8))(data)
 
     def logits(self, model: str, batch: np.ndarray) -> np.ndarray:
         if model not in self._sessions:

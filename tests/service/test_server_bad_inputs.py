@@ -136,7 +136,7 @@ CASES: dict[str, Case] = {
     "v2 no data": (400, "neither 'data' nor binary data", lambda p, b: _v2({"inputs": [_fp32()]})),
     "v2 too few values": (400, "3 values for shape", lambda p, b: _v2({"inputs": [_fp32(data=[1, 2, 3])]})),
     "v2 strings as numbers": (400, "data must be numbers", lambda p, b: _v2({"inputs": [_fp32(data=["a"] * 3072)]})),
-    "v2 ragged data": (400, "data must be numbers", lambda p, b: _v2({"inputs": [_fp32(data=[[1, 2], [3]])]})),
+    "v2 ragged data": (400, "3 values for shape", lambda p, b: _v2({"inputs": [_fp32(data=[[1, 2], [3]])]})),
     "v2 binary size mismatch": (
         400,
         "binary_data_size 12288 but 100 binary bytes",
