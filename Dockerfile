@@ -44,6 +44,7 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY niff ./niff
 COPY export ./export
 COPY service ./service

@@ -16,7 +16,22 @@ import torch
 from torch import nn
 
 import niff
-from niff_export.artifacts import INPUT_NAME, OUTPUT_NAME, sha256, write_onnx, write_torchscript
+from niff_contract import (
+    FORMAT_VERSION,
+    INPUT_NAME,
+    LABELS_FILE,
+    MODEL_FILES,
+    OUTPUT_NAME,
+    ArtifactRecord,
+    CheckpointRecord,
+    Manifest,
+    TensorSpec,
+    config_text,
+    labels_text,
+    model_config,
+    sha256_file,
+)
+from niff_export.artifacts import write_onnx, write_torchscript
 from niff_export.bake import bake
 from niff_export.errors import ExportError
 from niff_export.images import sample_photos
@@ -24,7 +39,7 @@ from niff_export.labels import resolve_labels
 from niff_export.lowering import LOWERINGS, lower
 from niff_export.parity import FP16_TOLERANCE, FP32_TOLERANCE, ParityReport, compare, parity_inputs
 from niff_export.precision import in_precision
-from niff_export.repository import FORMAT_VERSION, MODEL_FILES, StagingFolder, check_name, config_pbtxt, jsonable
+from niff_export.repository import StagingFolder, check_name, jsonable
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 DEFAULT_LOWERING = {"onnx": "matmul", "torchscript": "torch"}
@@ -37,7 +52,7 @@ Progress = Callable[[str, "float | None"], None]
 @dataclass(frozen=True)
 class ExportResult:
     path: Path
-    metadata: dict[str, Any]
+    manifest: Manifest
     parity: ParityReport
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -162,19 +177,21 @@ def export_model(
             report = _parity(model, baked, staging.path, formats, size, preprocessing, fp16)
         if not report.passed:
             raise ExportError(f"parity check failed; nothing was written.\n{report.table()}")
-        for fmt in formats:
-            artifacts[fmt]["sha256"] = sha256(staging.path / artifacts[fmt]["path"])
-        metadata = _metadata(
-            name, version, spec, model, num_classes, size, preprocessing, max_batch_size, artifacts, report, checkpoint
+        records = {
+            fmt: ArtifactRecord(**artifact, sha256=sha256_file(staging.path / artifact["path"]))
+            for fmt, artifact in artifacts.items()
+        }
+        manifest = _manifest(
+            name, version, spec, model, num_classes, size, preprocessing, max_batch_size, records, report, checkpoint
         )
-        staging.write_text("labels.txt", "\n".join(label_list) + "\n")
-        staging.write_text("config.pbtxt", config_pbtxt(name, formats, size, num_classes, max_batch_size))
-        staging.write_json("niff.json", metadata)
+        staging.write_text(LABELS_FILE, labels_text(label_list))
+        staging.write_text("config.pbtxt", config_text(model_config(manifest)))
+        staging.write_text("niff.json", manifest.to_json())
         path = staging.commit()
     except BaseException:
         staging.discard()
         raise
-    return ExportResult(path, metadata, report, timings)
+    return ExportResult(path, manifest, report, timings)
 
 
 def _parity(
@@ -202,7 +219,7 @@ def _parity(
     return ParityReport(tuple(rows), FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
 
 
-def _metadata(
+def _manifest(
     name: str,
     version: int,
     spec: Any,
@@ -211,31 +228,30 @@ def _metadata(
     size: int,
     preprocessing: niff.Preprocessing,
     max_batch_size: int,
-    artifacts: dict[str, dict[str, Any]],
+    artifacts: dict[str, ArtifactRecord],
     report: ParityReport,
     checkpoint: str | os.PathLike[str] | None,
-) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "version": version,
-        "arch": spec.arch if spec else None,
-        "builder": spec.builder if spec else type(model).__name__,
-        "arch_kwargs": jsonable(spec.arch_kwargs) if spec else {},
-        "num_classes": num_classes,
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [3, size, size], "layout": "NCHW"},
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [num_classes]},
-        "preprocessing": preprocessing.to_dict(),
-        "labels_file": "labels.txt",
-        "max_batch_size": max_batch_size,
-        "artifacts": artifacts,
-        "parity": report.to_dict(),
-        "checkpoint": {"file": os.path.basename(checkpoint), "sha256": sha256(Path(checkpoint))}
+) -> Manifest:
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        name=name,
+        version=version,
+        arch=spec.arch if spec else None,
+        builder=spec.builder if spec else type(model).__name__,
+        arch_kwargs=jsonable(spec.arch_kwargs) if spec else {},
+        num_classes=num_classes,
+        input=TensorSpec(name=INPUT_NAME, shape=(3, size, size), layout="NCHW"),
+        output=TensorSpec(name=OUTPUT_NAME, shape=(num_classes,)),
+        preprocessing=preprocessing,
+        max_batch_size=max_batch_size,
+        artifacts=artifacts,
+        parity=report.record(),
+        checkpoint=CheckpointRecord(file=os.path.basename(checkpoint), sha256=sha256_file(checkpoint))
         if checkpoint
         else None,
-        "versions": _versions(),
-        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+        versions=_versions(),
+        created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
 
 
 def export_checkpoint(
@@ -263,4 +279,4 @@ def export_checkpoint(
     if name is None and model.niff_spec.arch is None:
         name = Path(checkpoint).stem
     result = export_model(model, size, out_dir, name, checkpoint=checkpoint, progress=progress, **options)
-    return ExportResult(result.path, result.metadata, result.parity, {**timings, **result.timings})
+    return ExportResult(result.path, result.manifest, result.parity, {**timings, **result.timings})

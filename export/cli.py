@@ -138,12 +138,12 @@ class _ProgressPrinter:
 
 
 def _summary(result: ExportResult, elapsed: float) -> str:
-    meta = result.metadata
-    what = f"{meta['arch'] or meta['builder']}, {meta['num_classes']} classes"
-    lines = [f"Exported {meta['name']} ({what}) in {elapsed:.1f} s:"]
-    for fmt, info in meta["artifacts"].items():
-        size_mb = (result.path / info["path"]).stat().st_size / 1e6
-        lines.append(f"  {result.path / info['path']}  {fmt}, {info['lowering']} lowering, {size_mb:.1f} MB")
+    manifest = result.manifest
+    what = f"{manifest.arch or manifest.builder}, {manifest.num_classes} classes"
+    lines = [f"Exported {manifest.name} ({what}) in {elapsed:.1f} s:"]
+    for fmt, record in manifest.artifacts.items():
+        size_mb = (result.path / record.path).stat().st_size / 1e6
+        lines.append(f"  {result.path / record.path}  {fmt}, {record.lowering} lowering, {size_mb:.1f} MB")
     lines += ["", result.parity.table(), "", f"Serve it: niff-serve --model-repository {result.path.parent}"]
     return "\n".join(lines)
 

@@ -1,4 +1,7 @@
-"""Real photos for the parity gate: scikit-learn's bundled sample images, preprocessed like the model expects."""
+"""Real photos for the parity gate: scikit-learn's bundled sample images, through the contract's preprocessing.
+
+The gate therefore checks the very pixels niff-serve feeds the model for these photos.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +10,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from niff.registry import Preprocessing
-
-_RESAMPLE = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "nearest": Image.Resampling.NEAREST,
-}
-
-
-def preprocess(image: Image.Image, preprocessing: Preprocessing) -> Tensor:
-    """Resize the short side, center-crop, scale to [0, 1], normalize: [3, S, S] float32."""
-    image = image.convert("RGB")
-    short = preprocessing.resize
-    width, height = image.size
-    scale = short / min(width, height)
-    resized = image.resize(
-        (max(short, round(width * scale)), max(short, round(height * scale))),
-        _RESAMPLE.get(preprocessing.interpolation, Image.Resampling.BILINEAR),
-    )
-    size = preprocessing.input_size
-    left, top = (resized.width - size) // 2, (resized.height - size) // 2
-    array = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
-    array = (array - np.asarray(preprocessing.mean, dtype=np.float32)) / np.asarray(preprocessing.std, dtype=np.float32)
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+from niff_contract import Preprocessing, Preprocessor
 
 
 def sample_photos(preprocessing: Preprocessing) -> Tensor:
     """scikit-learn's two sample photos (a temple in China, a flower) as a [2, 3, S, S] batch."""
     from sklearn.datasets import load_sample_images
 
-    return torch.stack([preprocess(Image.fromarray(photo), preprocessing) for photo in load_sample_images().images])
+    preprocessor = Preprocessor(preprocessing)
+    arrays = [preprocessor.transform(Image.fromarray(photo)) for photo in load_sample_images().images]
+    return torch.from_numpy(np.stack(arrays))

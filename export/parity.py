@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from niff_contract import Parity, ParityRow
 
 FP32_TOLERANCE = 1e-4
 # Half precision keeps ~3 significant digits per operation; across a deep network the logits drift
 # by up to ~1e-3 relative, so the fp16 gate allows 1e-2 and still requires the same top-1 on photos.
 FP16_TOLERANCE = 1e-2
-
-
-@dataclass(frozen=True)
-class ParityRow:
-    """One comparison of a candidate's logits with the eager model's on one input set."""
-
-    candidate: str
-    inputs: str
-    max_abs: float
-    rel_err: float
-    top1_agreement: float
 
 
 def compare(candidate: str, inputs: str, reference: Tensor, output: Tensor) -> ParityRow:
@@ -66,8 +57,9 @@ class ParityReport:
         lines.append(f"tolerance: relative error <= {self.tolerance:g}; identical top-1 on photos")
         return "\n".join(lines)
 
-    def to_dict(self) -> dict:
-        return {"tolerance": self.tolerance, "passed": self.passed, "rows": [asdict(r) for r in self.rows]}
+    def record(self) -> Parity:
+        """What niff.json keeps of this report."""
+        return Parity(tolerance=self.tolerance, passed=self.passed, rows=self.rows)
 
 
 def parity_inputs(size: int, photos: Tensor, seed: int = 0) -> dict[str, Tensor]:

@@ -1,30 +1,24 @@
-"""The model-repository folder (docs/model-repository.md): config.pbtxt, niff.json, labels.txt, 1/…"""
+"""Writing a model folder (docs/model-repository.md) atomically: staged beside the final folder, moved in place."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from niff_export.artifacts import INPUT_NAME, OUTPUT_NAME
+from niff_contract import ContractError, check_model_name
 from niff_export.errors import ExportError
-
-FORMAT_VERSION = 1
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
-TRITON_PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def check_name(name: str) -> str:
-    """Model names appear in URLs and folder names: letters, digits, '_', '.', '-'."""
-    if not NAME_PATTERN.match(name):
-        raise ExportError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (max 128 chars)")
-    return name
+    """Model names appear in URLs and folder names (the contract's rule)."""
+    try:
+        return check_model_name(name)
+    except ContractError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def jsonable(value: Any) -> Any:
@@ -36,28 +30,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value
-
-
-def config_pbtxt(name: str, formats: list[str], size: int, num_classes: int, max_batch_size: int) -> str:
-    """Triton model configuration (ONNX preferred when both files exist)."""
-    platform = TRITON_PLATFORMS["onnx" if "onnx" in formats else "torchscript"]
-    return "\n".join(
-        [
-            f'name: "{name}"',
-            f'platform: "{platform}"',
-            f"max_batch_size: {max_batch_size}",
-            "input [",
-            f'  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }}',
-            "]",
-            "output [",
-            f'  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {num_classes} ] label_filename: "labels.txt" }}',
-            "]",
-            "dynamic_batching {",
-            "  max_queue_delay_microseconds: 2000",
-            "}",
-            "",
-        ]
-    )
 
 
 class StagingFolder:
@@ -78,9 +50,6 @@ class StagingFolder:
 
     def write_text(self, relative: str, text: str) -> None:
         (self.path / relative).write_text(text, encoding="utf-8")
-
-    def write_json(self, relative: str, data: Mapping[str, Any]) -> None:
-        self.write_text(relative, json.dumps(data, indent=2) + "\n")
 
     def commit(self) -> Path:
         """Replace any earlier export of the same name with the staged folder."""

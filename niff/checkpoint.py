@@ -10,14 +10,14 @@ import argparse
 import os
 import pickle
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from niff.architecture import head_classes, infer_architecture
-from niff.registry import ModelEntry, ModelSpec, Preprocessing, build_model, get_entry
+from niff.registry import ModelEntry, ModelSpec, build_model, get_entry
 
 # Wrapper keys training scripts put around the state_dict, tried in this order.
 WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "net")
@@ -140,7 +140,7 @@ def _with_metadata(spec: ModelSpec, stored: Any) -> ModelSpec:
     if not isinstance(meta, Mapping):
         return spec
     try:
-        preprocessing = Preprocessing(**{**asdict(spec.preprocessing), **meta.get("preprocessing", {})})
+        preprocessing = spec.preprocessing.updated(**meta.get("preprocessing", {}))
         labels = tuple(str(label) for label in meta["labels"]) if "labels" in meta else spec.labels
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"the checkpoint's {METADATA_KEY!r} metadata is malformed: {exc}") from None

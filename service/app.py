@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from niff_serve.errors import ConfigurationError, ServiceError, describe_errors
+from niff_contract import ContractError, describe_errors
+from niff_serve.errors import ServiceError
 from niff_serve.middleware import RequestContextMiddleware
 from niff_serve.routes import docs, health, v1, v2
 from niff_serve.runtime import ServiceState
@@ -44,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             await state.start()
         except Exception as exc:
-            state.startup_error = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
+            state.startup_error = str(exc) if isinstance(exc, ContractError) else f"{type(exc).__name__}: {exc}"
             logger.error("start-up failed: %s", state.startup_error)
             raise
         yield

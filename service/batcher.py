@@ -73,7 +73,7 @@ class Slot:
         """Queue ``inputs`` (``rows`` images) and wait for their logits within ``deadline``."""
         if inputs.shape[0] != self.rows:
             raise ValueError(f"slot holds {self.rows} rows, got {inputs.shape[0]}")
-        return await self._batcher._submit(self, inputs, deadline)
+        return await self._batcher.submit(self, inputs, deadline)
 
 
 class DynamicBatcher:
@@ -88,7 +88,7 @@ class DynamicBatcher:
     ) -> None:
         self._run_backend = run
         self.max_batch_size = max_batch_size
-        self._max_delay_s = max_delay_s
+        self.max_delay_s = max_delay_s
         self._max_queue_size = max_queue_size
         self._metrics = metrics
         self._queue: deque[_Pending] = deque()
@@ -129,7 +129,8 @@ class DynamicBatcher:
         if self._closing:
             self._wakeup.set()
 
-    async def _submit(self, slot: Slot, inputs: np.ndarray, deadline: Deadline) -> BatchResult:
+    async def submit(self, slot: Slot, inputs: np.ndarray, deadline: Deadline) -> BatchResult:
+        """Queue ``inputs`` under ``slot`` (from :meth:`admit`) and wait for their share of a batch."""
         pending = _Pending(slot, inputs, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._queued_rows += pending.rows
@@ -168,7 +169,7 @@ class DynamicBatcher:
     async def _wait_for_fill(self) -> None:
         """Return once the queue holds a full batch, its oldest request is due, or we are closing."""
         while self._queue and self._queued_rows < self.max_batch_size and not self._closing:
-            due = self._queue[0].enqueued_at + self._max_delay_s - time.monotonic()
+            due = self._queue[0].enqueued_at + self.max_delay_s - time.monotonic()
             if due <= 0:
                 return
             self._wakeup.clear()

@@ -20,12 +20,11 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from niff_contract import ContractError, describe_errors, scan_repository
 from niff_serve.app import create_app
 from niff_serve.backends import choose_backend
 from niff_serve.connections import ConnectionLimits, limited_protocol, raise_open_file_limit
-from niff_serve.errors import ConfigurationError, describe_errors
 from niff_serve.logs import configure_logging
-from niff_serve.repository import scan_repository
 from niff_serve.runtime import ServiceState
 from niff_serve.settings import Settings, env_name
 from niff_serve.version import __version__
@@ -117,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         for folder in scan_repository(settings.model_repository):
             choose_backend(folder, settings)
-    except ConfigurationError as exc:
+    except ContractError as exc:
         fail(str(exc))
     configure_logging(settings.log_level)
     app = create_app(settings)

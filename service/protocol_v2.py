@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from niff_serve.errors import BadRequest, PayloadTooLarge, describe_errors
+from niff_contract import describe_errors
+from niff_serve.dataplane import InferenceRequest, InferenceResult
+from niff_serve.errors import BadRequest, PayloadTooLarge
 from niff_serve.json_tensors import parse_cost, placeholder_index, split_numeric_arrays
-from niff_serve.postprocessing import softmax
 from niff_serve.request_body import Upload, parse_length
 
 TENSOR_INPUT = "input"
@@ -99,11 +100,10 @@ class TensorShape:
 
 @dataclass(frozen=True)
 class DecodedRequest:
-    id: str | None
-    tensor: np.ndarray | None
-    images: list[Upload] | None
+    """The protocol-independent request, and which outputs go back how (name: as binary data)."""
+
+    inference: InferenceRequest
     outputs: dict[str, bool]
-    timeout_s: float | None
 
 
 def model_metadata(name: str, version: str, platform: str, shape: TensorShape) -> ModelMetadata:
@@ -120,7 +120,12 @@ def model_metadata(name: str, version: str, platform: str, shape: TensorShape) -
 
 
 def decode_request(
-    body: bytes, header_length: str | None, shape: TensorShape, max_json_bytes: int, claim: Callable[[int], None]
+    body: bytes,
+    header_length: str | None,
+    model: str,
+    shape: TensorShape,
+    max_json_bytes: int,
+    claim: Callable[[int], None],
 ) -> DecodedRequest:
     """Validate an infer request against the model; every problem is a 400 saying what is wrong.
 
@@ -158,7 +163,8 @@ def decode_request(
             f"unknown input {item.name!r}: send {TENSOR_INPUT!r} (FP32 [N, 3, {shape.size}, {shape.size}]) "
             f"or {IMAGE_INPUT!r} (BYTES [N], encoded images)"
         )
-    return DecodedRequest(request.id, tensor, images, _requested_outputs(request), _timeout_s(request))
+    inference = InferenceRequest(model, tensor, images, id=request.id, timeout_s=_timeout_s(request))
+    return DecodedRequest(inference, _requested_outputs(request))
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -278,15 +284,13 @@ def _timeout_s(request: InferRequest) -> float | None:
     return min(value, _MAX_TIMEOUT_US) / 1e6
 
 
-def encode_response(
-    model_name: str, model_version: str, request: DecodedRequest, logits: np.ndarray
-) -> tuple[bytes, dict[str, str]]:
-    """The body and headers answering ``request``: plain JSON, or JSON followed by binary tensors."""
-    tensors = {"logits": logits.astype("<f4")}
-    if "probabilities" in request.outputs:
-        tensors["probabilities"] = softmax(logits).astype("<f4")
+def encode_response(result: InferenceResult, requested: dict[str, bool]) -> tuple[bytes, dict[str, str]]:
+    """The body and headers answering a request: plain JSON, or JSON followed by binary tensors."""
+    tensors = {"logits": result.logits.astype("<f4")}
+    if "probabilities" in requested:
+        tensors["probabilities"] = result.probabilities.astype("<f4")
     outputs, raw_parts = [], []
-    for name, binary in request.outputs.items():
+    for name, binary in requested.items():
         array = np.ascontiguousarray(tensors[name])
         output = ResponseOutput(name=name, datatype="FP32", shape=list(array.shape))
         if binary:
@@ -295,7 +299,7 @@ def encode_response(
         else:
             output.data = array.ravel().tolist()
         outputs.append(output)
-    response = InferResponse(model_name=model_name, model_version=model_version, id=request.id, outputs=outputs)
+    response = InferResponse(model_name=result.model, model_version=result.version, id=result.id, outputs=outputs)
     header = response.model_dump_json(exclude_none=True).encode()
     if not raw_parts:
         return header, {"Content-Type": "application/json"}

@@ -12,19 +12,46 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 from fastapi import Depends, Request
 
+from niff_contract import ImageError, ModelFolder, Preprocessor, scan_repository
+from niff_contract.images import CorruptImage, EmptyImage, ImageShapeRefused, ImageTooLarge, UnsupportedImage
 from niff_serve.backends import Backend, load_backend, warm_up
 from niff_serve.batcher import BatchResult, DynamicBatcher
+from niff_serve.dataplane import DataPlane
 from niff_serve.deadline import Deadline
-from niff_serve.errors import NotFound, ServiceError
+from niff_serve.errors import (
+    BadRequest,
+    ConfigurationError,
+    PayloadTooLarge,
+    ServiceError,
+    UnprocessableContent,
+    UnsupportedMediaType,
+)
 from niff_serve.metrics import Metrics, ModelMetrics
-from niff_serve.preprocessing import Preprocessor
 from niff_serve.protocol_v2 import TensorShape
-from niff_serve.repository import ModelFolder, scan_repository
 from niff_serve.request_body import BodyBudget, Upload
 from niff_serve.settings import Settings, unknown_env_names
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# How each reason the contract refuses an image answers over HTTP.
+_IMAGE_STATUS: dict[type[ImageError], type[ServiceError]] = {
+    EmptyImage: BadRequest,
+    CorruptImage: BadRequest,
+    UnsupportedImage: UnsupportedMediaType,
+    ImageTooLarge: PayloadTooLarge,
+    ImageShapeRefused: UnprocessableContent,
+}
+
+
+def batching(folder: ModelFolder, settings: Settings) -> tuple[int, float]:
+    """Max batch size and max batch delay for one model: its config.pbtxt's, unless the settings say otherwise."""
+    size = settings.max_batch_size or folder.max_batch_size
+    delay_s = folder.max_batch_delay_s if settings.max_batch_delay_ms is None else settings.max_batch_delay_ms / 1000
+    if settings.max_queue_size < size:
+        raise ConfigurationError(
+            f"model {folder.name!r}: max_queue_size ({settings.max_queue_size}) is below its max_batch_size ({size})"
+        )
+    return size, delay_s
 
 
 class ModelRuntime:
@@ -34,14 +61,13 @@ class ModelRuntime:
         self,
         folder: ModelFolder,
         backend: Backend,
-        max_batch_size: int,
         settings: Settings,
         metrics: ModelMetrics,
         pool: ThreadPoolExecutor,
     ) -> None:
         self.folder = folder
         self.backend = backend
-        self.max_batch_size = max_batch_size
+        self.max_batch_size, max_delay_s = batching(folder, settings)
         self.tensor_shape = TensorShape(folder.input_size, folder.num_classes)
         self._preprocessor = Preprocessor(folder.manifest.preprocessing, settings.image_limits)
         self.metrics = metrics
@@ -49,7 +75,7 @@ class ModelRuntime:
         self.batcher = DynamicBatcher(
             backend.run,
             max_batch_size=self.max_batch_size,
-            max_delay_s=settings.max_batch_delay_ms / 1000,
+            max_delay_s=max_delay_s,
             max_queue_size=settings.max_queue_size,
             metrics=metrics,
         )
@@ -60,10 +86,10 @@ class ModelRuntime:
         cls, folder: ModelFolder, settings: Settings, metrics: ModelMetrics, pool: ThreadPoolExecutor
     ) -> ModelRuntime:
         """Load the backend and warm it up (blocking: call it off the event loop)."""
-        max_batch_size = min(settings.max_batch_size, folder.max_batch_size)
+        max_batch_size, _ = batching(folder, settings)
         backend = load_backend(folder, settings, max_batch_size)
         warm_up(backend, folder, max_batch_size)
-        return cls(folder, backend, max_batch_size, settings, metrics, pool)
+        return cls(folder, backend, settings, metrics, pool)
 
     @property
     def name(self) -> str:
@@ -96,10 +122,9 @@ class ModelRuntime:
         started = time.perf_counter()
         try:
             array = self._preprocessor(upload.data)
-        except ServiceError as exc:
+        except ImageError as exc:
             name = f" ({upload.filename!r})" if upload.filename else ""
-            exc.message = f"image {index}{name}: {exc.message}"
-            raise
+            raise _IMAGE_STATUS[type(exc)](f"image {index}{name}: {exc}") from None
         self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
         return array
 
@@ -112,6 +137,7 @@ class ServiceState:
         self.metrics = Metrics()
         self.body_budget = BodyBudget(settings.max_body_memory_bytes)
         self.models: dict[str, ModelRuntime] = {}
+        self.dataplane = DataPlane(self)
         self.loaded = False
         self.draining = False
         self.startup_error: str | None = None
@@ -126,15 +152,8 @@ class ServiceState:
         assert self._pool is not None
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
-    def model(self, name: str) -> ModelRuntime:
-        try:
-            return self.models[name]
-        except KeyError:
-            raise NotFound(f"unknown model {name!r}; this server has {', '.join(self.models) or 'none'}") from None
-
     async def start(self) -> None:
         """Load and warm up every model (off the event loop), then start batching and report ready."""
-        self._warn_about_settings()
         pool = self._pool = ThreadPoolExecutor(self.settings.preprocess_workers, thread_name_prefix="preprocess")
         try:
             for folder in await asyncio.to_thread(scan_repository, self.settings.model_repository):
@@ -147,6 +166,7 @@ class ServiceState:
         except BaseException:
             await self.stop()
             raise
+        self._warn_about_settings()
         self.loaded = True
         logger.info("ready", extra={"models": list(self.models)})
 
@@ -172,8 +192,12 @@ class ServiceState:
         settings = self.settings
         if settings.api_key is None:
             logger.warning("NIFF_API_KEY is not set: model endpoints are open to anyone who can reach the port")
-        if settings.max_batch_delay_ms / 1000 >= settings.request_timeout_s:
-            logger.warning("max_batch_delay_ms is not below request_timeout_s: lone requests will time out")
+        for runtime in self.models.values():
+            if runtime.batcher.max_delay_s >= settings.request_timeout_s:
+                logger.warning(
+                    "model %r: its batch delay is not below request_timeout_s: lone requests will time out",
+                    runtime.name,
+                )
         for name in unknown_env_names():
             logger.warning("ignoring unknown setting %s", name)
 
@@ -188,11 +212,7 @@ State = Annotated[ServiceState, Depends(service_state)]
 
 def requested_model(name: str, request: Request, state: State) -> ModelRuntime:
     """FastAPI dependency: the model named in the path (404 when unknown or at another version)."""
-    runtime = state.model(name)
-    version = request.path_params.get("version")
-    if version is not None and version != runtime.folder.version:
-        raise NotFound(f"model {name!r} has no version {version!r}; it serves version {runtime.folder.version}")
-    return runtime
+    return state.dataplane.model(name, request.path_params.get("version"))
 
 
 Model = Annotated[ModelRuntime, Depends(requested_model)]

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from niff_serve.preprocessing import ImageLimits
+from niff_contract import ImageLimits
 
 ENV_PREFIX = "NIFF_"
 
@@ -31,9 +31,17 @@ class Settings(BaseSettings):
     model_repository: Path = Field(description="Folder with one sub-folder per model (see docs/model-repository.md).")
     backend: Backend = Field("auto", description="Runtime: auto picks ONNX Runtime unless only TorchScript fits.")
     device: Device = Field("auto", description="auto uses a GPU when the chosen runtime can reach one.")
-    max_batch_size: int = Field(16, ge=1, le=4096, description="Most images merged into one inference.")
-    max_batch_delay_ms: float = Field(
-        5.0, ge=0, le=60_000, description="Longest wait for more requests once the first one is queued."
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Most images merged into one inference, for every model (default: each model's config.pbtxt).",
+    )
+    max_batch_delay_ms: float | None = Field(
+        None,
+        ge=0,
+        le=60_000,
+        description="Longest wait for more requests once the first is queued (default: each model's config.pbtxt).",
     )
     max_queue_size: int = Field(
         256, ge=1, description="Most images admitted per model and not yet in a batch; beyond it requests get 503."
@@ -103,7 +111,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> Settings:
-        if self.max_queue_size < self.max_batch_size:
+        if self.max_batch_size is not None and self.max_queue_size < self.max_batch_size:
             raise ValueError(
                 f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
             )

@@ -16,8 +16,8 @@ from model_helpers import zoo_model
 from reference_vectors import MISSING_REASON, REFERENCE_DIR, available, relative_error
 
 import niff
+from niff_contract import parse_config, sha256_file
 from niff_export import export_checkpoint, export_model
-from niff_export.artifacts import sha256
 
 SMALL = 32
 
@@ -85,7 +85,7 @@ def test_reference_models_exported_match_reference_outputs(file, tmp_path):
     for out in (onnx_out, script_out):
         assert relative_error(out, data["output"]) <= 1e-4
         assert torch.equal(out.argmax(1), data["output"].argmax(1))
-    assert result.metadata["checkpoint"]["sha256"] == sha256(checkpoint)
+    assert result.manifest.checkpoint.sha256 == sha256_file(checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +101,12 @@ def test_every_lowering(small_model, tmp_path):
         graph = onnx.load(str(result.path / "1" / "model.onnx")).graph
         ops[fft] = {node.op_type for node in graph.node}
         script_graph = str(torch.jit.load(str(result.path / "1" / "model.pt")).inlined_graph)
-        artifacts = result.metadata["artifacts"]
+        artifacts = result.manifest.artifacts
         if fft == "matmul":
-            assert artifacts["onnx"]["lowering"] == artifacts["torchscript"]["lowering"] == "matmul"
+            assert artifacts["onnx"].lowering == artifacts["torchscript"].lowering == "matmul"
             assert "fft_" not in script_graph
         else:
-            assert (artifacts["onnx"]["lowering"], artifacts["torchscript"]["lowering"]) == ("dft", "torch")
+            assert (artifacts["onnx"].lowering, artifacts["torchscript"].lowering) == ("dft", "torch")
             assert "aten::fft_rfft2" in script_graph
     assert "DFT" in ops["dft"] and "DFT" not in ops["matmul"] and "MatMul" in ops["matmul"]
 
@@ -114,7 +114,7 @@ def test_every_lowering(small_model, tmp_path):
 def test_fp16_artifacts_keep_float32_interface(small_model, tmp_path):
     result = export_model(small_model, SMALL, tmp_path, fp16=True)
     assert result.parity.passed and result.parity.tolerance == 1e-2
-    assert all(info["fp16"] for info in result.metadata["artifacts"].values())
+    assert all(record.fp16 for record in result.manifest.artifacts.values())
     model = onnx.load(str(result.path / "1" / "model.onnx"))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -154,11 +154,11 @@ def test_repository_files_describe_the_model(small_model, tmp_path):
     assert meta["arch_kwargs"]["block"] == "BasicBlock" and meta["arch_kwargs"]["layers"] == [2, 2, 2, 2]
     assert meta["parity"]["passed"] and meta["parity"]["rows"]
     for info in meta["artifacts"].values():
-        assert info["sha256"] == sha256(result.path / info["path"])
+        assert info["sha256"] == sha256_file(result.path / info["path"])
     assert {"torch", "onnx", "onnxruntime", "niff"} <= meta["versions"].keys()
     assert (result.path / "labels.txt").read_text().splitlines() == [f"c{i}" for i in range(10)]
-    config = (result.path / "config.pbtxt").read_text()
-    assert 'name: "tiny"' in config and "dims: [ 3, 32, 32 ]" in config and "dims: [ 10 ]" in config
+    config = parse_config((result.path / "config.pbtxt").read_text())
+    assert config.name == "tiny" and list(config.input[0].dims) == [3, 32, 32] and list(config.output[0].dims) == [10]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

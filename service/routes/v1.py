@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from niff_serve.auth import require_api_key
+from niff_serve.dataplane import InferenceRequest
 from niff_serve.deadline import Deadline
 from niff_serve.disconnect import cancel_on_disconnect
 from niff_serve.errors import BadRequest
-from niff_serve.postprocessing import softmax, top_k_indices
+from niff_serve.postprocessing import top_k_indices
 from niff_serve.request_body import image_uploads, read_body
 from niff_serve.runtime import Model, ModelRuntime, State
 from niff_serve.schemas import (
@@ -50,7 +51,7 @@ def summary(runtime: ModelRuntime) -> ModelSummary:
     return ModelSummary(
         name=folder.name,
         version=folder.version,
-        arch=folder.niff_json.get("arch"),
+        arch=folder.manifest.arch,
         num_classes=folder.num_classes,
         input_size=folder.input_size,
         backend=runtime.backend.kind,
@@ -68,7 +69,9 @@ async def list_models(state: State) -> ModelList:
 @router.get("/models/{name}", response_model=ModelDetail, summary="One model's metadata")
 async def get_model(runtime: Model) -> ModelDetail:
     return ModelDetail(
-        **summary(runtime).model_dump(), labels=list(runtime.folder.labels), niff=runtime.folder.niff_json
+        **summary(runtime).model_dump(),
+        labels=list(runtime.folder.labels),
+        niff=runtime.folder.manifest.model_dump(mode="json"),
     )
 
 
@@ -91,8 +94,9 @@ async def classify(
     with state.body_budget.share() as share:
         body = await read_body(request, state.settings.max_upload_bytes, deadline, share)
         uploads = await image_uploads(request, body, max_files=runtime.max_batch_size)
-        result, preprocess_s = await cancel_on_disconnect(request.receive, runtime.infer_images(uploads, deadline))
-    probabilities = softmax(result.logits)
+        inference = InferenceRequest(runtime.name, images=uploads, version=runtime.folder.version)
+        result = await cancel_on_disconnect(request.receive, state.dataplane.infer(inference, deadline))
+    probabilities = result.probabilities
     best = top_k_indices(probabilities, top_k)
     labels = runtime.folder.labels
     predictions = [
@@ -103,11 +107,11 @@ async def classify(
         for upload, row, order in zip(uploads, probabilities, best, strict=True)
     ]
     timing = Timing(
-        preprocess_ms=preprocess_s * 1000,
-        queue_ms=result.queue_s * 1000,
-        inference_ms=result.inference_s * 1000,
+        preprocess_ms=result.preprocess_s * 1000,
+        queue_ms=result.batch.queue_s * 1000,
+        inference_ms=result.batch.inference_s * 1000,
         total_ms=deadline.elapsed() * 1000,
-        batch_size=result.batch_size,
+        batch_size=result.batch.batch_size,
     )
     return ClassifyResponse(
         model=runtime.name, model_version=runtime.folder.version, predictions=predictions, timing=timing

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from niff_contract import TRITON_PLATFORMS
 from niff_serve.auth import require_api_key
+from niff_serve.backends import ARTIFACT_OF
 from niff_serve.deadline import Deadline
 from niff_serve.disconnect import cancel_on_disconnect
 from niff_serve.errors import ServiceUnavailable
@@ -23,7 +25,6 @@ from niff_serve.version import __version__
 
 router = APIRouter(prefix="/v2", tags=["KServe v2"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
 
-_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 _INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -47,7 +48,7 @@ async def server_metadata() -> ServerMetadata:
 @router.get("/models/{name}", response_model=ModelMetadata, summary="Model metadata")
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, include_in_schema=False)
 async def get_model_metadata(runtime: Model) -> ModelMetadata:
-    platform = _PLATFORMS[runtime.backend.kind]
+    platform = TRITON_PLATFORMS[ARTIFACT_OF[runtime.backend.kind]]
     return model_metadata(runtime.name, runtime.folder.version, platform, runtime.tensor_shape)
 
 
@@ -70,19 +71,11 @@ async def infer(runtime: Model, request: Request, state: State) -> Response:
             decode_request,
             body,
             request.headers.get(HEADER_LENGTH),
+            runtime.name,
             runtime.tensor_shape,
             settings.max_json_bytes,
             share.claim,
         )
-        if decoded.timeout_s is not None:
-            deadline = deadline.tightened(decoded.timeout_s)
-        if decoded.images is not None:
-            work = runtime.infer_images(decoded.images, deadline)
-            result, _ = await cancel_on_disconnect(request.receive, work)
-        else:
-            assert decoded.tensor is not None
-            result = await cancel_on_disconnect(request.receive, runtime.infer_tensor(decoded.tensor, deadline))
-    content, headers = await state.offload(
-        encode_response, runtime.name, runtime.folder.version, decoded, result.logits
-    )
+        result = await cancel_on_disconnect(request.receive, state.dataplane.infer(decoded.inference, deadline))
+    content, headers = await state.offload(encode_response, result, decoded.outputs)
     return Response(content, headers=headers)

@@ -32,9 +32,8 @@ from sklearn.datasets import load_sample_images
 
 import niff
 import niff_export
+from niff_contract import ImageLimits, Preprocessor, read_model_folder
 from niff_serve.postprocessing import softmax
-from niff_serve.preprocessing import ImageLimits, Preprocessor
-from niff_serve.repository import read_model_folder
 
 API_KEY = "test-key-0123456789"
 TINY = "tiny"  # 10 classes, 32x32, ONNX and TorchScript
@@ -72,7 +71,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         size=24,
         labels=["cat", "dog", "bird", "fish"],
         formats=("onnx",),
-        preprocessing=niff.Preprocessing(24, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic"),
+        preprocessing=niff.Preprocessing(
+            input_size=24, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic"
+        ),
     )
     return root
 

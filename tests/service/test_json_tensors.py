@@ -24,9 +24,9 @@ def request(data: object, **extra: object) -> bytes:
 
 
 def decode(body: bytes) -> np.ndarray:
-    decoded = decode_request(body, None, SHAPE, max_json_bytes=1 << 30, claim=lambda size: None)
-    assert decoded.tensor is not None
-    return decoded.tensor
+    decoded = decode_request(body, None, "m", SHAPE, max_json_bytes=1 << 30, claim=lambda size: None)
+    assert decoded.inference.tensor is not None
+    return decoded.inference.tensor
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from niff_contract import sha256_file
 from niff_serve.cli import main
 
 from .conftest import MINI, TINY, Photos, Reference, ServerProcess, classify, free_port
@@ -76,17 +77,15 @@ def test_invalid_settings_exit_with_one_line(repository: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("keep_sha256", "message"),
-    [(True, "1/model.onnx does not match its sha256 in niff.json"), (False, "ONNX Runtime cannot load model.onnx")],
+    ("rehash", "message"),
+    [(False, "1/model.onnx does not match its sha256 in niff.json"), (True, "ONNX Runtime cannot load model.onnx")],
 )
-def test_model_that_cannot_load_stops_start_up(
-    repository: Path, tmp_path: Path, keep_sha256: bool, message: str
-) -> None:
+def test_model_that_cannot_load_stops_start_up(repository: Path, tmp_path: Path, rehash: bool, message: str) -> None:
     folder = Path(shutil.copytree(repository / MINI, tmp_path / MINI))
     (folder / "1" / "model.onnx").write_bytes(b"not an onnx graph")
-    if not keep_sha256:
+    if rehash:  # the file matches its recorded hash, and is still no model
         manifest = json.loads((folder / "niff.json").read_text())
-        del manifest["artifacts"]["onnx"]["sha256"]
+        manifest["artifacts"]["onnx"]["sha256"] = sha256_file(folder / "1" / "model.onnx")
         (folder / "niff.json").write_text(json.dumps(manifest))
     result = _run_cli("--model-repository", str(tmp_path), "--port", str(free_port()))
     assert result.returncode == 1

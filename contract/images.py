@@ -1,9 +1,9 @@
-"""Untrusted image bytes to the model's input tensor, as niff.json prescribes.
+"""Untrusted image bytes to a model's input tensor: the one preprocessing of niff-serve and the parity gate.
 
-Resize the shorter side, center-crop, scale to [0, 1], normalize: the torchvision/timm evaluation
-pipeline, so served predictions match offline evaluation. Decoding is defensive: only the allowed
-formats are parsed, the pixel count is checked from the header before any pixel is decoded, and every
-decoder failure becomes a 4xx naming the problem.
+Decode (only the allowed formats; size and aspect ratio checked from the header before any pixel is
+decoded), apply EXIF orientation, convert to RGB, then timm/torchvision's evaluation transform:
+``Resize(floor(S / crop_pct), interpolation)`` on the shorter side, ``CenterCrop(S)``, scale to [0, 1],
+``Normalize(mean, std)``. What the parity gate checks is therefore exactly what the service feeds.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from niff_serve.errors import BadRequest, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
-from niff_serve.repository import PreprocessingSpec
+from niff_contract.preprocessing_spec import Preprocessing
 
 # Only these decoders ever see the bytes (JPEG's also opens MPO, the variant many cameras write).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
-_FORMAT_NAMES = "JPEG, PNG, WebP, BMP or TIFF"
+FORMAT_NAMES = "JPEG, PNG, WebP, BMP or TIFF"
 _SIGNATURES = {
     b"\xff\xd8\xff": "JPEG",
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -27,7 +26,7 @@ _SIGNATURES = {
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
 }
-_RESAMPLING = {
+RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -35,6 +34,30 @@ _RESAMPLING = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
+
+
+class ImageError(ValueError):
+    """Bytes that do not become an input tensor; the subclass says why (a server maps it to a status)."""
+
+
+class EmptyImage(ImageError):
+    pass
+
+
+class CorruptImage(ImageError):
+    pass
+
+
+class UnsupportedImage(ImageError):
+    pass
+
+
+class ImageTooLarge(ImageError):
+    pass
+
+
+class ImageShapeRefused(ImageError):
+    """Decodable, but of an aspect ratio whose resize before the crop would be unbounded."""
 
 
 @dataclass(frozen=True)
@@ -50,29 +73,29 @@ class ImageLimits:
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
-    """An upright RGB image from encoded bytes; 400/413/415/422 for anything that is not a sane image."""
+    """An upright RGB image from encoded bytes."""
     if not data:
-        raise BadRequest("the image is empty (0 bytes)")
+        raise EmptyImage("the image is empty (0 bytes)")
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError:
         # Pillow's own guard fires above 2 * MAX_IMAGE_PIXELS, before our check can run.
         limit = min(limits.max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or limits.max_pixels))
-        raise PayloadTooLarge(f"the image has more than {limit} pixels, more than this server decodes") from None
+        raise ImageTooLarge(f"the image has more than {limit} pixels, more than this server decodes") from None
     except Exception:  # Pillow raises many types for bytes it cannot identify
         known = _sniff(data)
         if known is not None:
-            raise BadRequest(f"the {known} image is truncated or corrupt (its header does not parse)") from None
-        raise UnsupportedMediaType(f"the data is not a {_FORMAT_NAMES} image") from None
+            raise CorruptImage(f"the {known} image is truncated or corrupt (its header does not parse)") from None
+        raise UnsupportedImage(f"the data is not a {FORMAT_NAMES} image") from None
     width, height = image.size
     if width * height > limits.max_pixels:
-        raise PayloadTooLarge(
+        raise ImageTooLarge(
             f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
         )
     if width == 0 or height == 0:
-        raise BadRequest(f"the image is {width}x{height}")
+        raise CorruptImage(f"the image is {width}x{height}")
     if max(width, height) > limits.max_aspect_ratio * min(width, height):
-        raise UnprocessableContent(
+        raise ImageShapeRefused(
             f"the image is {width}x{height}, an aspect ratio of {max(width, height) / min(width, height):.4g}:1; "
             f"the limit is {limits.max_aspect_ratio:g}:1"
         )
@@ -81,7 +104,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
     except Exception as exc:  # truncated or corrupt data surfaces as OSError, SyntaxError, ValueError, ...
-        raise BadRequest(f"the {image.format} image is truncated or corrupt ({exc})") from None
+        raise CorruptImage(f"the {image.format} image is truncated or corrupt ({exc})") from None
 
 
 def _sniff(data: bytes) -> str | None:
@@ -100,16 +123,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 class Preprocessor:
-    """One model's preprocessing; thread-safe, called from the worker pool."""
+    """One model's preprocessing; thread-safe."""
 
-    def __init__(self, spec: PreprocessingSpec, limits: ImageLimits) -> None:
+    def __init__(self, spec: Preprocessing, limits: ImageLimits | None = None) -> None:
         self.input_size = spec.input_size
-        self._resize = spec.resize_size
-        self._resample = _RESAMPLING[spec.interpolation]
+        self._resize = spec.resize
+        self._resample = RESAMPLING[spec.interpolation]
         std = np.asarray(spec.std, dtype=np.float32)
         self._scale = (1 / (255 * std)).astype(np.float32)
         self._offset = (np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
-        self._limits = limits
+        self._limits = limits or ImageLimits()
 
     def __call__(self, data: bytes) -> np.ndarray:
         """``[3, S, S]`` float32 for one encoded image."""
