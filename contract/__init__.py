@@ -32,10 +32,18 @@ from niff_contract.schema import (
     describe_errors,
     parse_manifest,
 )
-from niff_contract.triton_config import ModelConfig, config_json, config_text, model_config, parse_config
+from niff_contract.triton_config import (
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    ModelConfig,
+    config_json,
+    config_text,
+    model_config,
+    parse_config,
+)
 
 __all__ = [
     "ARTIFACT_KINDS",
+    "DEFAULT_MAX_QUEUE_DELAY_US",
     "FORMAT_VERSION",
     "INPUT_NAME",
     "INTERPOLATIONS",

@@ -7,16 +7,18 @@ import copy
 import datetime as dt
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 import niff
 from niff_contract import (
+    DEFAULT_MAX_QUEUE_DELAY_US,
     FORMAT_VERSION,
     INPUT_NAME,
     LABELS_FILE,
@@ -27,6 +29,7 @@ from niff_contract import (
     Manifest,
     TensorSpec,
     config_text,
+    describe_errors,
     labels_text,
     model_config,
     sha256_file,
@@ -44,6 +47,9 @@ from niff_export.repository import StagingFolder, check_name, jsonable
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 DEFAULT_LOWERING = {"onnx": "matmul", "torchscript": "torch"}
 MIN_SIZE = 8
+MAX_BATCH_DELAY_MS = 60_000
+# What each preprocessing field is called on the command line.
+_PREPROCESSING_OPTIONS = {"input_size": "--size", "crop_pct": "--crop-pct", "interpolation": "--interpolation"}
 
 # Called with (stage description, None) when a stage starts and (description, seconds) when it ends.
 Progress = Callable[[str, "float | None"], None]
@@ -82,7 +88,7 @@ def _stage(progress: Progress | None, timings: dict[str, float], message: str) -
         progress(message, timings[message])
 
 
-def _check_request(size: int, formats: Sequence[str], max_batch_size: int) -> list[str]:
+def _check_request(size: int, formats: Sequence[str], max_batch_size: int, max_batch_delay_ms: float) -> list[str]:
     if not isinstance(size, int) or size < MIN_SIZE:
         raise ExportError(f"--size must be an integer of at least {MIN_SIZE}, got {size}")
     unknown = [f for f in formats if f not in FORMATS]
@@ -90,7 +96,18 @@ def _check_request(size: int, formats: Sequence[str], max_batch_size: int) -> li
         raise ExportError(f"unknown format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
     if max_batch_size < 1:
         raise ExportError(f"--max-batch-size must be positive, got {max_batch_size}")
+    if not 0 <= max_batch_delay_ms <= MAX_BATCH_DELAY_MS:
+        raise ExportError(f"--max-batch-delay-ms must be between 0 and {MAX_BATCH_DELAY_MS}, got {max_batch_delay_ms}")
     return list(dict.fromkeys(formats))
+
+
+def _preprocessing(base: niff.Preprocessing, size: int, overrides: Mapping[str, Any]) -> niff.Preprocessing:
+    """The model's preprocessing at ``size`` with ``overrides``, validated by the contract."""
+    try:
+        return base.updated(**overrides, input_size=size)
+    except ValidationError as exc:
+        name_of = lambda field: _PREPROCESSING_OPTIONS.get(field, f"--{field}")  # noqa: E731
+        raise ExportError(f"invalid preprocessing: {describe_errors(exc.errors(), name_of)}") from None
 
 
 def _versions() -> dict[str, str]:
@@ -138,7 +155,9 @@ def export_model(
     fp16: bool = False,
     labels: Sequence[str] | None = None,
     opset: int | None = None,
-    max_batch_size: int = 64,
+    max_batch_size: int = 16,
+    max_batch_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_US / 1000,
+    preprocessing: Mapping[str, Any] | None = None,
     version: int = 1,
     checkpoint: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
@@ -147,13 +166,16 @@ def export_model(
 
     ``model`` should come from ``niff.create_model``/``niff.load_checkpoint`` (its ``niff_spec`` gives
     the preprocessing and the default name); any fx-traceable model built from niff layers works.
+    ``preprocessing`` overrides fields of the model's preprocessing (timm's names: ``interpolation``,
+    ``crop_pct``, ``mean``, ``std``). ``max_batch_size`` and ``max_batch_delay_ms`` go into config.pbtxt,
+    where niff-serve takes its batching values from.
     """
-    formats = _check_request(size, formats, max_batch_size)
+    formats = _check_request(size, formats, max_batch_size, max_batch_delay_ms)
     spec = getattr(model, "niff_spec", None)
     name = check_name(name or (spec.arch if spec and spec.arch else f"{type(model).__name__.lower()}_{size}"))
     num_classes = spec.num_classes if spec else int(model(torch.zeros(1, 3, size, size)).shape[1])
     label_list = resolve_labels(num_classes, list(labels) if labels is not None else (spec.labels if spec else None))
-    preprocessing = (spec.preprocessing if spec else niff.Preprocessing()).with_size(size)
+    recipe = _preprocessing(spec.preprocessing if spec else niff.Preprocessing(), size, preprocessing or {})
     lowerings = {fmt: lowering_for(fmt, fft) for fmt in formats}
     timings: dict[str, float] = {}
     model = model.eval()
@@ -174,7 +196,7 @@ def export_model(
                 )
                 artifacts[fmt] = {"path": f"1/{MODEL_FILES[fmt]}", "lowering": lowering, "fp16": fp16, **info}
         with _stage(progress, timings, "Checking parity with eager PyTorch"):
-            report = _parity(model, baked, staging.path, formats, size, preprocessing, fp16)
+            report = _parity(model, baked, staging.path, formats, size, recipe, fp16)
         if not report.passed:
             raise ExportError(f"parity check failed; nothing was written.\n{report.table()}")
         records = {
@@ -182,10 +204,10 @@ def export_model(
             for fmt, artifact in artifacts.items()
         }
         manifest = _manifest(
-            name, version, spec, model, num_classes, size, preprocessing, max_batch_size, records, report, checkpoint
+            name, version, spec, model, num_classes, size, recipe, max_batch_size, records, report, checkpoint
         )
         staging.write_text(LABELS_FILE, labels_text(label_list))
-        staging.write_text("config.pbtxt", config_text(model_config(manifest)))
+        staging.write_text("config.pbtxt", config_text(model_config(manifest, round(max_batch_delay_ms * 1000))))
         staging.write_text("niff.json", manifest.to_json())
         path = staging.commit()
     except BaseException:

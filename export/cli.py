@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from niff_contract import INTERPOLATIONS
 from niff_export.api import DEFAULT_LOWERING, FORMATS, ExportResult, export_checkpoint
 from niff_export.errors import ExportError
 from niff_export.labels import read_labels
@@ -62,6 +63,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _triple(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers R,G,B, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def build_parser() -> argparse.ArgumentParser:
     import niff
 
@@ -109,8 +120,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--opset", type=_positive, metavar="N", help="ONNX opset (default: 18 for matmul, 20 for dft)")
     parser.add_argument(
-        "--max-batch-size", type=_positive, default=64, metavar="N", help="largest batch servers may form (default: 64)"
+        "--max-batch-size",
+        type=_positive,
+        default=16,
+        metavar="N",
+        help="largest batch niff-serve forms (config.pbtxt; default: 16; a server setting may override it)",
     )
+    parser.add_argument(
+        "--max-batch-delay-ms",
+        type=float,
+        default=5.0,
+        metavar="MS",
+        help="longest wait for a fuller batch (config.pbtxt's max_queue_delay; default: 5)",
+    )
+    preprocessing = parser.add_argument_group(
+        "preprocessing",
+        "How the model was trained to be evaluated (timm's names). Each overrides the architecture's default\n"
+        "and the checkpoint's own metadata, is recorded in niff.json and followed by niff-serve.",
+    )
+    preprocessing.add_argument(
+        "--interpolation", choices=INTERPOLATIONS, help="resize filter for the shorter side (e.g. bicubic)"
+    )
+    preprocessing.add_argument(
+        "--crop-pct",
+        type=float,
+        metavar="F",
+        help="center-crop fraction: resize to floor(size / F), then crop (0 < F <= 1)",
+    )
+    preprocessing.add_argument("--mean", type=_triple, metavar="R,G,B", help="per-channel mean on the [0, 1] scale")
+    preprocessing.add_argument("--std", type=_triple, metavar="R,G,B", help="per-channel std on the [0, 1] scale")
     parser.add_argument(
         "--model-version", type=_positive, default=1, metavar="N", help="version recorded in niff.json (default: 1)"
     )
@@ -170,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             labels=labels,
             opset=args.opset,
             max_batch_size=args.max_batch_size,
+            max_batch_delay_ms=args.max_batch_delay_ms,
+            preprocessing={
+                field: getattr(args, field)
+                for field in ("interpolation", "crop_pct", "mean", "std")
+                if getattr(args, field) is not None
+            },
             version=args.model_version,
         )
     except ExportError as exc:

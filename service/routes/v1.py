@@ -57,6 +57,7 @@ def summary(runtime: ModelRuntime) -> ModelSummary:
         backend=runtime.backend.kind,
         device=runtime.backend.device,
         max_batch_size=runtime.max_batch_size,
+        max_batch_delay_ms=runtime.batcher.max_delay_s * 1000,
         ready=runtime.ready,
     )
 
