@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from niff_serve.logs import configure_logging
 from niff_serve.runtime import ServiceState
 from niff_serve.settings import Settings, env_name
 from niff_serve.version import __version__
+from niff_serve.workers import supervise, worker_count
 
 PROG = "niff-serve"
 logger = logging.getLogger(__name__)
@@ -114,11 +116,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The ``niff-serve`` console script: check everything that can be checked cheaply, then serve."""
     settings = load_settings(argv)
     try:
-        for folder in scan_repository(settings.model_repository):
-            choose_backend(folder, settings)
+        devices = {choose_backend(folder, settings)[1] for folder in scan_repository(settings.model_repository)}
     except ContractError as exc:
         fail(str(exc))
     configure_logging(settings.log_level)
+    workers = worker_count(settings, "cuda" if "cuda" in devices else "cpu")
+    if workers > 1:
+        raise SystemExit(supervise(settings, workers))
+    serve(settings)
+
+
+def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """Serve in this process, on ``sockets`` when given (a worker), else on the configured address."""
     app = create_app(settings)
     state: ServiceState = app.state.service
     limits = ConnectionLimits(settings.max_header_bytes, settings.header_timeout_s, settings.max_connections)
@@ -137,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     server = DrainingServer(config, state, settings.shutdown_delay_s)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except SystemExit:
         if state.startup_error is not None:
             fail(f"start-up failed: {state.startup_error}", status=1)

@@ -154,7 +154,18 @@ class ServerProcess:
         command = [sys.executable, "-m", "niff_serve", "--model-repository", str(repository), "--port", str(self.port)]
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [*command, "--device", "cpu", "--backend-threads", "1", "--preprocess-workers", "2", *args],
+            [
+                *command,
+                "--device",
+                "cpu",
+                "--workers",
+                "1",
+                "--backend-threads",
+                "1",
+                "--preprocess-workers",
+                "2",
+                *args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
