@@ -43,6 +43,11 @@ class Metrics:
             ["route", "method", "status"],
             registry=reg,
         )
+        self.requests_in_progress = Gauge(
+            "niff_http_requests_in_progress",
+            "HTTP requests received and not yet answered (a scrape counts itself).",
+            registry=reg,
+        )
         self.request_seconds = Histogram(
             "niff_http_request_duration_seconds",
             "Time from request start to the end of the response.",
