@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "ModelMetrics"]
@@ -35,6 +35,9 @@ class ModelMetrics:
 
 class Metrics:
     def __init__(self) -> None:
+        # No `*_created` series: a timestamp per labelled child that doubles the scrape and that Prometheus
+        # drops from the text format anyway. The switch is process-wide; a server process has one app.
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter(

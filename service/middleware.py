@@ -62,7 +62,7 @@ class RequestContextMiddleware:
             self.metrics.requests_in_progress.dec()
             elapsed = time.perf_counter() - started
             route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = getattr(route, "path_format", "unmatched")
             method = scope["method"]
             self.metrics.requests.labels(route=template, method=method, status=str(status)).inc()
             self.metrics.request_seconds.labels(route=template, method=method).observe(elapsed)

@@ -53,6 +53,8 @@ def test_sigterm_finishes_in_flight_requests_then_exits(
             wait_until(lambda: client.get("/v2/health/ready").status_code == 503, "still ready after SIGTERM")
             assert client.get("/v2/health/ready").json()["ready"] is False
             assert client.get("/v2/health/live").status_code == 200
+            model_ready = client.get(f"/v2/models/{TINY}/ready")
+            assert model_ready.status_code == 503 and model_ready.json() == {"name": TINY, "ready": False}
         assert_answers(datas, in_flight)
         # Not ready, yet still serving during the shutdown delay: a late request is answered too, and it
         # is still in flight (waiting for its batch to fill) when the second SIGTERM ends the delay.

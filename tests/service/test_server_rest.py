@@ -139,3 +139,4 @@ def test_metrics_describe_traffic(client: httpx.Client, server: ServerProcess, p
     assert server.metric("niff_model_ready", model=MINI) == 1
     text = httpx.get(f"{server.url}/metrics").text
     assert "niff_queue_depth{" in text and "niff_http_requests_in_progress 1.0" in text
+    assert "_created" not in text

@@ -36,6 +36,8 @@ def test_health_and_metadata(tc: triton.InferenceServerClient, server: ServerPro
     assert tc.is_model_ready(TINY, headers=server.headers)
     assert tc.is_model_ready(TINY, "1", headers=server.headers)
     assert not tc.is_model_ready(TINY, "2", headers=server.headers)
+    ready = httpx.get(f"{server.url}/v2/models/{TINY}/ready", headers=server.headers)
+    assert ready.status_code == 200 and ready.json() == {"name": TINY, "ready": True}
     metadata = tc.get_model_metadata(MINI, headers=server.headers)
     assert metadata["name"] == MINI and metadata["versions"] == ["1"] and metadata["platform"] == "onnxruntime_onnx"
     assert {i["name"]: (i["datatype"], i["shape"]) for i in metadata["inputs"]} == {
