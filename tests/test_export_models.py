@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from model_helpers import zoo_model
-from reference_vectors import MISSING_REASON, REFERENCE_DIR, available, relative_error
+from reference_vectors import relative_error, vectors
 
 import niff
 from niff_export import export_checkpoint, export_model
@@ -65,19 +65,10 @@ def test_full_size_export(name, tmp_path):
     assert np.array_equal(out.argmax(1), reference.argmax(1).numpy())
 
 
-@pytest.mark.skipif(not available(), reason=MISSING_REASON)
-@pytest.mark.parametrize(
-    "file",
-    [
-        "resnet18_split__c10_s32.pt",
-        "mobilenet_v2__c10_s32.pt",
-        "convnext_narrow__c10_s32.pt",
-        "densenet_narrow_split__c10_s32.pt",
-    ],
-)
-def test_reference_models_exported_match_reference_outputs(file, tmp_path):
-    data = torch.load(REFERENCE_DIR / file, weights_only=True)
-    checkpoint = tmp_path / file
+@pytest.mark.parametrize("golden", [g for g in vectors() if not g.is_layer], ids=lambda g: g.file)
+def test_reference_models_exported_match_reference_outputs(golden, tmp_path):
+    data = golden.load()
+    checkpoint = tmp_path / golden.file
     torch.save({"model": data["state_dict"]}, checkpoint)
     result = export_checkpoint(checkpoint, 32, tmp_path / "repo")
     onnx_out = torch.from_numpy(_onnx(result.path).run(None, {"input": data["input"].numpy()})[0])
