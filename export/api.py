@@ -67,9 +67,15 @@ def _stage(progress: Progress | None, timings: dict[str, float], message: str) -
         progress(message, timings[message])
 
 
+def check_size(size: int) -> int:
+    """The one check of the input size, for the Python API and ``niff-export --size`` alike."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+        raise ExportError(f"the input size must be an integer of at least {MIN_SIZE} pixels, got {size!r}")
+    return size
+
+
 def _check_request(size: int, formats: Sequence[str], max_batch_size: int) -> list[str]:
-    if not isinstance(size, int) or size < MIN_SIZE:
-        raise ExportError(f"--size must be an integer of at least {MIN_SIZE}, got {size}")
+    check_size(size)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
@@ -78,7 +84,8 @@ def _check_request(size: int, formats: Sequence[str], max_batch_size: int) -> li
     return list(dict.fromkeys(formats))
 
 
-def _versions() -> dict[str, str]:
+def installed_versions() -> dict[str, str]:
+    """Versions of this project and the libraries an export depends on (recorded in niff.json)."""
     from importlib import metadata
 
     names = {
@@ -233,7 +240,7 @@ def _metadata(
         "checkpoint": {"file": os.path.basename(checkpoint), "sha256": sha256(Path(checkpoint))}
         if checkpoint
         else None,
-        "versions": _versions(),
+        "versions": installed_versions(),
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
@@ -251,7 +258,12 @@ def export_checkpoint(
     progress: Progress | None = None,
     **options: Any,
 ) -> ExportResult:
-    """Load a checkpoint (``niff.load_checkpoint`` rules) and export it; see ``export_model`` for ``options``."""
+    """Load a checkpoint (``niff.load_checkpoint`` rules) and export it; see ``export_model`` for ``options``.
+
+    A ``niff.CheckpointError`` becomes an ExportError whose ``__cause__`` it is (its ``option`` says which
+    argument would resolve it).
+    """
+    check_size(size)
     timings: dict[str, float] = {}
     with _stage(progress, timings, "Loading checkpoint"):
         try:
@@ -259,7 +271,7 @@ def export_checkpoint(
                 checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema
             )
         except niff.CheckpointError as exc:
-            raise ExportError(str(exc)) from None
+            raise ExportError(str(exc)) from exc
     if name is None and model.niff_spec.arch is None:
         name = Path(checkpoint).stem
     result = export_model(model, size, out_dir, name, checkpoint=checkpoint, progress=progress, **options)

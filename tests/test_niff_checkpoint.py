@@ -109,8 +109,8 @@ def test_unknown_arch_and_class_mismatch(model, tmp_path):
 @pytest.mark.parametrize(
     "content, match",
     [
-        (b"", "not a readable PyTorch checkpoint"),
-        (b"hello, this is text\n", "not a readable PyTorch checkpoint"),
+        (b"", "is empty, not a PyTorch checkpoint"),
+        (b"hello, this is text\n", "is not a PyTorch checkpoint: torch.save writes a zip archive"),
         (b"PK\x03\x04garbage-zip", "not a readable PyTorch checkpoint"),
     ],
     ids=["empty", "text", "corrupt-zip"],
