@@ -149,7 +149,7 @@ def export_model(
     lowerings = {fmt: lowering_for(fmt, fft) for fmt in formats}
     timings: dict[str, float] = {}
     model = model.eval()
-    staging = StagingFolder(Path(out_dir), name)
+    staging = StagingFolder(Path(out_dir), name, version)
     try:
         with _stage(progress, timings, f"Baking filters at {size}x{size}"):
             baked = bake(model, size)
@@ -158,15 +158,15 @@ def export_model(
             lowering = lowerings[fmt]
             with _stage(progress, timings, f"Writing {fmt} ({lowering} lowering{', fp16' if fp16 else ''})"):
                 module = in_precision(lower(copy.deepcopy(baked), "matmul" if lowering == "matmul" else "torch"), fp16)
-                target = staging.path / "1" / MODEL_FILES[fmt]
+                relative = f"{staging.version_dir}/{MODEL_FILES[fmt]}"
                 info = (
-                    write_onnx(module, torch.randn(2, 3, size, size), target, lowering, opset)
+                    write_onnx(module, torch.randn(2, 3, size, size), staging.path / relative, lowering, opset)
                     if fmt == "onnx"
-                    else write_torchscript(module, target)
+                    else write_torchscript(module, staging.path / relative)
                 )
-                artifacts[fmt] = {"path": f"1/{MODEL_FILES[fmt]}", "lowering": lowering, "fp16": fp16, **info}
+                artifacts[fmt] = {"path": relative, "lowering": lowering, "fp16": fp16, **info}
         with _stage(progress, timings, "Checking parity with eager PyTorch"):
-            report = _parity(model, baked, staging.path, formats, size, preprocessing, fp16)
+            report = _parity(model, baked, staging.path / staging.version_dir, formats, size, preprocessing, fp16)
         if not report.passed:
             raise ExportError(f"parity check failed; nothing was written.\n{report.table()}")
         for fmt in formats:
@@ -175,7 +175,7 @@ def export_model(
             name, version, spec, model, num_classes, size, preprocessing, max_batch_size, artifacts, report, checkpoint
         )
         staging.write_text("labels.txt", "\n".join(label_list) + "\n")
-        staging.write_text("config.pbtxt", config_pbtxt(name, formats, size, num_classes, max_batch_size))
+        staging.write_text("config.pbtxt", config_pbtxt(name, version, formats, size, num_classes, max_batch_size))
         staging.write_json("niff.json", metadata)
         path = staging.commit()
     except BaseException:
@@ -195,9 +195,7 @@ def _parity(
 ) -> ParityReport:
     precision = "fp16" if fp16 else "fp32"
     runners = {
-        f"{fmt} ({precision})": (_onnx_runner if fmt == "onnx" else _torchscript_runner)(
-            folder / "1" / MODEL_FILES[fmt]
-        )
+        f"{fmt} ({precision})": (_onnx_runner if fmt == "onnx" else _torchscript_runner)(folder / MODEL_FILES[fmt])
         for fmt in formats
     }
     rows = []

@@ -120,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch-size", type=_positive, default=64, metavar="N", help="largest batch servers may form (default: 64)"
     )
     parser.add_argument(
-        "--model-version", type=_positive, default=1, metavar="N", help="version recorded in niff.json (default: 1)"
+        "--model-version",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="model version: the files go into OUT/NAME/N/, as Triton lays out versions (default: 1)",
     )
     parser.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""The model-repository folder (docs/model-repository.md): config.pbtxt, niff.json, labels.txt, 1/…"""
+"""The model-repository folder (docs/model-repository.md): config.pbtxt, niff.json, labels.txt, N/ (version N)."""
 
 from __future__ import annotations
 
@@ -38,13 +38,14 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def config_pbtxt(name: str, formats: list[str], size: int, num_classes: int, max_batch_size: int) -> str:
-    """Triton model configuration (ONNX preferred when both files exist)."""
+def config_pbtxt(name: str, version: int, formats: list[str], size: int, num_classes: int, max_batch_size: int) -> str:
+    """Triton model configuration (ONNX preferred when both files exist), serving the one version exported."""
     platform = TRITON_PLATFORMS["onnx" if "onnx" in formats else "torchscript"]
     return "\n".join(
         [
             f'name: "{name}"',
             f'platform: "{platform}"',
+            f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}",
             f"max_batch_size: {max_batch_size}",
             "input [",
             f'  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }}',
@@ -63,8 +64,9 @@ def config_pbtxt(name: str, formats: list[str], size: int, num_classes: int, max
 class StagingFolder:
     """A hidden folder beside the final one: everything is written there and moved in place only on success."""
 
-    def __init__(self, out_dir: Path, name: str) -> None:
+    def __init__(self, out_dir: Path, name: str, version: int) -> None:
         self.final = out_dir / name
+        self.version_dir = str(version)  # Triton's layout: the model files of version N live in N/
         if self.final.exists() and not (self.final / "niff.json").is_file():
             raise ExportError(
                 f"{self.final} exists and is not a model folder written by niff-export; choose another --out/--name"
@@ -72,7 +74,7 @@ class StagingFolder:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             self.path = out_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
-            (self.path / "1").mkdir(parents=True)
+            (self.path / self.version_dir).mkdir(parents=True)
         except OSError as exc:
             raise ExportError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
 

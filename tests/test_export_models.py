@@ -150,6 +150,8 @@ def test_repository_files_describe_the_model(small_model, tmp_path):
     assert (result.path / "labels.txt").read_text().splitlines() == [f"c{i}" for i in range(10)]
     config = (result.path / "config.pbtxt").read_text()
     assert 'name: "tiny"' in config and "dims: [ 3, 32, 32 ]" in config and "dims: [ 10 ]" in config
+    assert "version_policy: { specific: { versions: [ 1 ] } }" in config and meta["version"] == 1
+    assert {info["path"].split("/")[0] for info in meta["artifacts"].values()} == {"1"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

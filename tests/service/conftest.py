@@ -51,6 +51,7 @@ def export_test_model(
     labels: list[str],
     formats: tuple[str, ...] = ("onnx", "torchscript"),
     preprocessing: niff.Preprocessing | None = None,
+    version: int = 1,
 ) -> Path:
     """Export a tiny NIFF model (ResNet-18 split, narrow) into ``repository/name`` and return that folder."""
     torch.manual_seed(len(name))
@@ -59,7 +60,7 @@ def export_test_model(
     )
     if preprocessing is not None:
         model.niff_spec = dataclasses.replace(model.niff_spec, preprocessing=preprocessing)
-    return niff_export.export_model(model, size, repository, name, formats=formats, labels=labels).path
+    return niff_export.export_model(model, size, repository, name, formats=formats, labels=labels, version=version).path
 
 
 @pytest.fixture(scope="session")
