@@ -2,8 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch, installed before the project so nothing pulls a multi-GB CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+# torch is installed before the project, pinned to one build: the CPU one (TORCH_VARIANT=cpu), so the
+# project's `torch` requirement is already met and nothing pulls a multi-GB CUDA build. It comes from pip's
+# configured sources when they hold that wheel, else from PyTorch's index (tools/torch-pip-args.sh).
+# A CUDA build instead, e.g.: make install TORCH_VARIANT=cu130. (Not TORCH_VERSION: `make image` passes
+# that name on to the image build.)
+VENV_TORCH_VERSION ?= 2.13.0
+TORCH_VARIANT ?= cpu
 
 .PHONY: install test lint clean serve export
 
@@ -25,7 +30,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q $$(sh tools/torch-pip-args.sh $(PY) $(VENV_TORCH_VERSION) $(TORCH_VARIANT))
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

@@ -88,9 +88,15 @@ def _stage(progress: Progress | None, timings: dict[str, float], message: str) -
         progress(message, timings[message])
 
 
+def check_size(size: int) -> int:
+    """The one check of the input size, for the Python API and ``niff-export --size`` alike."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+        raise ExportError(f"the input size must be an integer of at least {MIN_SIZE} pixels, got {size!r}")
+    return size
+
+
 def _check_request(size: int, formats: Sequence[str], max_batch_size: int, max_batch_delay_ms: float) -> list[str]:
-    if not isinstance(size, int) or size < MIN_SIZE:
-        raise ExportError(f"--size must be an integer of at least {MIN_SIZE}, got {size}")
+    check_size(size)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
@@ -110,7 +116,8 @@ def _preprocessing(base: niff.Preprocessing, size: int, overrides: Mapping[str, 
         raise ExportError(f"invalid preprocessing: {describe_errors(exc.errors(), name_of)}") from None
 
 
-def _versions() -> dict[str, str]:
+def installed_versions() -> dict[str, str]:
+    """Versions of this project and the libraries an export depends on (recorded in niff.json)."""
     from importlib import metadata
 
     names = {
@@ -179,7 +186,7 @@ def export_model(
     lowerings = {fmt: lowering_for(fmt, fft) for fmt in formats}
     timings: dict[str, float] = {}
     model = model.eval()
-    staging = StagingFolder(Path(out_dir), name)
+    staging = StagingFolder(Path(out_dir), name, version)
     try:
         with _stage(progress, timings, f"Baking filters at {size}x{size}"):
             baked = bake(model, size)
@@ -188,15 +195,15 @@ def export_model(
             lowering = lowerings[fmt]
             with _stage(progress, timings, f"Writing {fmt} ({lowering} lowering{', fp16' if fp16 else ''})"):
                 module = in_precision(lower(copy.deepcopy(baked), "matmul" if lowering == "matmul" else "torch"), fp16)
-                target = staging.path / "1" / MODEL_FILES[fmt]
+                relative = f"{staging.version_dir}/{MODEL_FILES[fmt]}"
                 info = (
-                    write_onnx(module, torch.randn(2, 3, size, size), target, lowering, opset)
+                    write_onnx(module, torch.randn(2, 3, size, size), staging.path / relative, lowering, opset)
                     if fmt == "onnx"
-                    else write_torchscript(module, target)
+                    else write_torchscript(module, staging.path / relative)
                 )
-                artifacts[fmt] = {"path": f"1/{MODEL_FILES[fmt]}", "lowering": lowering, "fp16": fp16, **info}
+                artifacts[fmt] = {"path": relative, "lowering": lowering, "fp16": fp16, **info}
         with _stage(progress, timings, "Checking parity with eager PyTorch"):
-            report = _parity(model, baked, staging.path, formats, size, recipe, fp16)
+            report = _parity(model, baked, staging.path / staging.version_dir, formats, size, recipe, fp16)
         if not report.passed:
             raise ExportError(f"parity check failed; nothing was written.\n{report.table()}")
         records = {
@@ -227,9 +234,7 @@ def _parity(
 ) -> ParityReport:
     precision = "fp16" if fp16 else "fp32"
     runners = {
-        f"{fmt} ({precision})": (_onnx_runner if fmt == "onnx" else _torchscript_runner)(
-            folder / "1" / MODEL_FILES[fmt]
-        )
+        f"{fmt} ({precision})": (_onnx_runner if fmt == "onnx" else _torchscript_runner)(folder / MODEL_FILES[fmt])
         for fmt in formats
     }
     rows = []
@@ -271,7 +276,7 @@ def _manifest(
         checkpoint=CheckpointRecord(file=os.path.basename(checkpoint), sha256=sha256_file(checkpoint))
         if checkpoint
         else None,
-        versions=_versions(),
+        versions=installed_versions(),
         created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
 
@@ -289,7 +294,12 @@ def export_checkpoint(
     progress: Progress | None = None,
     **options: Any,
 ) -> ExportResult:
-    """Load a checkpoint (``niff.load_checkpoint`` rules) and export it; see ``export_model`` for ``options``."""
+    """Load a checkpoint (``niff.load_checkpoint`` rules) and export it; see ``export_model`` for ``options``.
+
+    A ``niff.CheckpointError`` becomes an ExportError whose ``__cause__`` it is (its ``option`` says which
+    argument would resolve it).
+    """
+    check_size(size)
     timings: dict[str, float] = {}
     with _stage(progress, timings, "Loading checkpoint"):
         try:
@@ -297,7 +307,7 @@ def export_checkpoint(
                 checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema
             )
         except niff.CheckpointError as exc:
-            raise ExportError(str(exc)) from None
+            raise ExportError(str(exc)) from exc
     if name is None and model.niff_spec.arch is None:
         name = Path(checkpoint).stem
     result = export_model(model, size, out_dir, name, checkpoint=checkpoint, progress=progress, **options)

@@ -9,8 +9,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import niff
 from niff_contract import INTERPOLATIONS
-from niff_export.api import DEFAULT_LOWERING, FORMATS, ExportResult, export_checkpoint
+from niff_export.api import DEFAULT_LOWERING, FORMATS, ExportResult, check_size, export_checkpoint, installed_versions
 from niff_export.errors import ExportError
 from niff_export.labels import read_labels
 from niff_export.lowering import LOWERINGS
@@ -35,13 +36,16 @@ examples:
 
 
 def _size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+)\s*)?", text)
+    match = re.fullmatch(r"\s*(-?\d+)\s*(?:[xX×]\s*(-?\d+)\s*)?", text)
     if not match:
         raise argparse.ArgumentTypeError(f"expected a side length like 224, got {text!r}")
     height, width = int(match.group(1)), int(match.group(2) or match.group(1))
     if height != width:
         raise argparse.ArgumentTypeError(f"NIFF filters are defined for square inputs only, got {height}x{width}")
-    return height
+    try:
+        return check_size(height)
+    except ExportError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _formats(text: str) -> list[str]:
@@ -73,9 +77,13 @@ def _triple(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import niff
+def _version() -> str:
+    versions = installed_versions()
+    using = ", ".join(f"{name} {version}" for name, version in versions.items() if name != "niff")
+    return f"niff-export {versions.get('niff', '0+unknown')} ({using})"
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="niff-export",
         description=DESCRIPTION,
@@ -150,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     preprocessing.add_argument("--mean", type=_triple, metavar="R,G,B", help="per-channel mean on the [0, 1] scale")
     preprocessing.add_argument("--std", type=_triple, metavar="R,G,B", help="per-channel std on the [0, 1] scale")
     parser.add_argument(
-        "--model-version", type=_positive, default=1, metavar="N", help="version recorded in niff.json (default: 1)"
+        "--model-version",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="model version: the files go into OUT/NAME/N/, as Triton lays out versions (default: 1)",
     )
     parser.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
     parser.add_argument(
@@ -158,7 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a checkpoint holding pickled Python objects (a whole nn.Module); loading one can run code",
     )
+    parser.add_argument("--version", action="version", version=_version())
     return parser
+
+
+# Advice for a checkpoint problem (``niff.CheckpointError.option``), in this command's option names.
+_ADVICE = {
+    "arch": "pass --arch NAME (niff-export --help lists the names)",
+    "trust_pickle": "loading them can run code; if you trust the file, pass --trust-pickle",
+}
+
+
+def _error_message(exc: ExportError) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, niff.CheckpointError) and cause.option in _ADVICE:
+        return f"{cause.problem}; {_ADVICE[cause.option]}"
+    return str(exc)
 
 
 class _ProgressPrinter:
@@ -217,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=args.model_version,
         )
     except ExportError as exc:
-        print(f"\nniff-export: error: {exc}", file=sys.stderr)
+        print(f"\nniff-export: error: {_error_message(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"\nniff-export: error: {exc}", file=sys.stderr)

@@ -10,7 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "ModelMetrics"]
@@ -48,6 +56,9 @@ class ModelMetrics:
 
 class Metrics:
     def __init__(self) -> None:
+        # No `*_created` series: a timestamp per labelled child that doubles the scrape and that Prometheus
+        # drops from the text format anyway. The switch is process-wide; a server process has one app.
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter(
@@ -56,9 +67,9 @@ class Metrics:
             ["route", "method", "status"],
             registry=reg,
         )
-        self.in_progress = Gauge(
+        self.requests_in_progress = Gauge(
             "niff_http_requests_in_progress",
-            "HTTP requests being served (a scrape counts itself).",
+            "HTTP requests received and not yet answered (a scrape counts itself).",
             registry=reg,
             multiprocess_mode="livesum",
         )

@@ -49,7 +49,7 @@ class RequestContextMiddleware:
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
-        self.metrics.in_progress.inc()
+        self.metrics.requests_in_progress.inc()
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:  # the last line of defence: a bug must not become a dropped connection
@@ -59,10 +59,10 @@ class RequestContextMiddleware:
                 response = JSONResponse({"error": "internal server error"}, status_code=500)
                 await response(scope, receive, send_with_id)
         finally:
-            self.metrics.in_progress.dec()
+            self.metrics.requests_in_progress.dec()
             elapsed = time.perf_counter() - started
             route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = getattr(route, "path_format", "unmatched")
             method = scope["method"]
             self.metrics.requests.labels(route=template, method=method, status=str(status)).inc()
             self.metrics.request_seconds.labels(route=template, method=method).observe(elapsed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from niff_serve.auth import require_api_key
 from niff_serve.dataplane import InferenceRequest
@@ -24,6 +25,16 @@ from niff_serve.schemas import (
     Prediction,
     Timing,
 )
+
+
+class ModelNameConvertor(StringConvertor):
+    """A path segment without ':' (model names have none), so ``GET /v1/models/x:classify`` is the classify
+    route asked with the wrong method (405), not the metadata of a model called 'x:classify'."""
+
+    regex = "[^/:]+"
+
+
+register_url_convertor("model_name", ModelNameConvertor())
 
 router = APIRouter(prefix="/v1", tags=["REST"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
 
@@ -67,7 +78,7 @@ async def list_models(state: State) -> ModelList:
     return ModelList(models=[summary(runtime) for runtime in state.models.values()])
 
 
-@router.get("/models/{name}", response_model=ModelDetail, summary="One model's metadata")
+@router.get("/models/{name:model_name}", response_model=ModelDetail, summary="One model's metadata")
 async def get_model(runtime: Model) -> ModelDetail:
     return ModelDetail(
         **summary(runtime).model_dump(),

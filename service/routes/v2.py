@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
 
 from niff_contract import TRITON_PLATFORMS
 from niff_serve.auth import require_api_key
 from niff_serve.backends import ARTIFACT_OF
 from niff_serve.deadline import Deadline
 from niff_serve.disconnect import cancel_on_disconnect
-from niff_serve.errors import ServiceUnavailable
 from niff_serve.protocol_v2 import (
     HEADER_LENGTH,
     ModelMetadata,
+    ModelReady,
     ServerMetadata,
     decode_request,
     encode_response,
@@ -20,7 +21,7 @@ from niff_serve.protocol_v2 import (
 )
 from niff_serve.request_body import read_body
 from niff_serve.runtime import Model, State
-from niff_serve.schemas import ERROR_RESPONSES, Readiness
+from niff_serve.schemas import ERROR_RESPONSES
 from niff_serve.version import __version__
 
 router = APIRouter(prefix="/v2", tags=["KServe v2"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
@@ -52,12 +53,17 @@ async def get_model_metadata(runtime: Model) -> ModelMetadata:
     return model_metadata(runtime.name, runtime.folder.version, platform, runtime.tensor_shape)
 
 
-@router.get("/models/{name}/ready", response_model=Readiness, summary="Model readiness (200 ready, 503 not)")
-@router.get("/models/{name}/versions/{version}/ready", response_model=Readiness, include_in_schema=False)
-async def model_ready(runtime: Model, state: State) -> Readiness:
-    if not (runtime.ready and state.ready):
-        raise ServiceUnavailable(f"model {runtime.name!r} is not ready")
-    return Readiness(ready=True, models={runtime.name: True})
+@router.get(
+    "/models/{name}/ready",
+    response_model=ModelReady,
+    responses={503: {"model": ModelReady, "description": "Loading, or draining after SIGTERM."}},
+    summary="Model readiness (200 ready, 503 not)",
+)
+@router.get("/models/{name}/versions/{version}/ready", response_model=ModelReady, include_in_schema=False)
+async def model_ready(runtime: Model, state: State) -> JSONResponse:
+    ready = runtime.ready and state.ready
+    body = ModelReady(name=runtime.name, ready=ready)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
 @router.post("/models/{name}/infer", openapi_extra=_INFER_BODY, summary="Run inference (v2 protocol)")

@@ -16,8 +16,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from deploy_support import ROOT, VENV_BIN, env_literals, one, serve_script_name, settings_class, variant_docs
+from polling import wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 # The image smoke.sh sends by default, read from the script itself.
 SMOKE_PNG = re.search(r"<<'PNG'\n(.+?)\nPNG\n", (ROOT / "deploy" / "smoke.sh").read_text(), re.S).group(1)
@@ -103,6 +106,24 @@ def finish_request(connection: socket.socket, rest: bytes) -> tuple[int, bytes]:
     return int(head.split()[1]), payload
 
 
+def requests_in_progress(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return next(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "niff_http_requests_in_progress"
+    )
+
+
+def accepts_connections(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_smoke_script_classifies_and_the_server_drains_on_sigterm(server):
     process, url, deployment, model = server
     smoke = subprocess.run(
@@ -122,14 +143,12 @@ def test_smoke_script_classifies_and_the_server_drains_on_sigterm(server):
     # refused; then the process ends by itself within the pod's grace period.
     image = base64.b64decode(SMOKE_PNG)
     in_flight = start_request(url, f"/v1/models/{model}:classify?top_k=2", image, sent=len(image) // 2)
-    time.sleep(0.3)
+    wait_until(lambda: requests_in_progress(url) >= 2, "the server never saw the request")  # it and the scrape
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    time.sleep(1.0)
-    assert process.poll() is None, "niff-serve exited with a request still in flight"
     host, port = url.removeprefix("http://").split(":")
-    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=5):
-        pass
+    wait_until(lambda: not accepts_connections(host, int(port)), "new connections are still accepted after SIGTERM")
+    assert process.poll() is None, "niff-serve exited with a request still in flight"
     status, payload = finish_request(in_flight, image[len(image) // 2 :])
     assert status == 200, payload[:500]
     assert json.loads(payload)["predictions"][0]["top_k"]
