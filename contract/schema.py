@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -115,6 +116,12 @@ class Manifest(_Record):
             raise ValueError(f"output.shape {list(self.output.shape)} is not [{self.num_classes}] (num_classes)")
         if not self.artifacts:
             raise ValueError(f"artifacts names none of {', '.join(ARTIFACT_KINDS)}")
+        for kind, record in self.artifacts.items():
+            if PurePosixPath(record.path).parts[0] != str(self.version):
+                raise ValueError(
+                    f"artifacts.{kind}.path {record.path!r} is not in the folder of version {self.version} "
+                    f"('{self.version}/', Triton's layout)"
+                )
         return self
 
     @property
