@@ -8,6 +8,7 @@ say how they combine (``multiprocess_mode``).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -43,11 +44,11 @@ class ModelMetrics:
     failures: Counter
     ready: Gauge
     _dropped: Counter
-    _cpu: Counter
+    _cpu_by_stage: Mapping[str, Counter]
 
     def count_cpu(self, stage: str, seconds: float) -> None:
         """CPU time a thread spent in one stage of a request (``decode``, ``resize_crop``, ...)."""
-        self._cpu.labels(model=self.model, stage=stage).inc(seconds)
+        self._cpu_by_stage[stage].inc(seconds)
 
     def count_drop(self, reason: str) -> None:
         """A request given up before its answer: ``queue_full``, ``timeout`` or ``cancelled``."""
@@ -60,6 +61,7 @@ class Metrics:
         # drops from the text format anyway. The switch is process-wide; a server process has one app.
         disable_created_metrics()
         self.registry = CollectorRegistry()
+        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         reg = self.registry
         self.requests = Counter(
             "niff_http_requests",
@@ -137,8 +139,6 @@ class Metrics:
     def for_model(self, name: str) -> ModelMetrics:
         for reason in DROP_REASONS:
             self._dropped.labels(model=name, reason=reason)
-        for stage in CPU_STAGES:
-            self._cpu.labels(model=name, stage=stage)
         return ModelMetrics(
             model=name,
             batch_size=self._batch_size.labels(model=name),
@@ -149,8 +149,20 @@ class Metrics:
             failures=self._failures.labels(model=name),
             ready=self._ready.labels(model=name),
             _dropped=self._dropped,
-            _cpu=self._cpu,
+            _cpu_by_stage={stage: self._cpu.labels(model=name, stage=stage) for stage in CPU_STAGES},
         )
+
+    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered HTTP request; the labelled series are looked up once per combination, not per request."""
+        key = (route, method, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = (
+                self.requests.labels(route=route, method=method, status=str(status)),
+                self.request_seconds.labels(route=route, method=method),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def exposition(self) -> bytes:
         directory = os.environ.get(PROMETHEUS_DIR_ENV)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from niff_serve.batcher import BatchResult
+from niff_serve.dataplane import InferenceResult
 from niff_serve.errors import BadRequest
 from niff_serve.postprocessing import softmax
 from niff_serve.protocol_v2 import HEADER_LENGTH, DecodedRequest, TensorShape, decode_request, encode_response
@@ -24,13 +26,17 @@ def tensor(batch: int = 2) -> np.ndarray:
     return np.arange(batch * COUNT, dtype=np.float32).reshape(batch, 3, 4, 4) / 7
 
 
+def decode(body: bytes, header_length: str | None = None) -> DecodedRequest:
+    return decode_request(body, header_length, "tiny", SHAPE, max_json_bytes=1 << 30, claim=lambda size: None)
+
+
 def from_triton_client(
     inputs: list[triton.InferInput], outputs: list[triton.InferRequestedOutput] | None = None, **options: Any
 ) -> DecodedRequest:
     """A request body exactly as tritonclient.http sends it, decoded by the server's codec."""
     body, json_size = triton.InferenceServerClient.generate_request_body(inputs, outputs, **options)
     header_length = None if json_size is None else str(json_size)
-    return decode_request(body, header_length, SHAPE)
+    return decode(body, header_length)
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -39,9 +45,10 @@ def test_fp32_tensor_from_tritonclient(binary: bool) -> None:
     item = triton.InferInput("input", list(data.shape), "FP32")
     item.set_data_from_numpy(data, binary_data=binary)
     decoded = from_triton_client([item], request_id="r-7", timeout=250_000)
-    assert decoded.id == "r-7" and decoded.images is None and decoded.timeout_s == 0.25
-    assert decoded.tensor is not None and decoded.tensor.dtype == np.float32
-    np.testing.assert_array_equal(decoded.tensor, data)
+    request = decoded.inference
+    assert request.id == "r-7" and request.images is None and request.timeout_s == 0.25
+    assert request.tensor is not None and request.tensor.dtype == np.float32
+    np.testing.assert_array_equal(request.tensor, data)
     # Without an outputs list, tritonclient asks for every output as binary data.
     assert decoded.outputs == {"logits": True, "probabilities": True}
 
@@ -50,21 +57,21 @@ def test_images_as_binary_from_tritonclient_and_as_base64_json() -> None:
     images = [b"\xff\xd8\xff first", b"", b"\x89PNG third image"]
     item = triton.InferInput("image", [len(images)], "BYTES")
     item.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=True)
-    decoded = from_triton_client([item])
-    assert decoded.tensor is None and [upload.data for upload in decoded.images] == images
+    request = from_triton_client([item]).inference
+    assert request.tensor is None and [upload.data for upload in request.images] == images
     data = [base64.b64encode(image).decode() for image in images]
     body = {"inputs": [{"name": "image", "shape": [3], "datatype": "BYTES", "data": data}]}
-    assert [upload.data for upload in decode_request(json.dumps(body).encode(), None, SHAPE).images] == images
+    assert [upload.data for upload in decode(json.dumps(body).encode()).inference.images] == images
 
 
 def test_nested_json_data_and_n_by_1_image_shape() -> None:
     nested = tensor(1).tolist()
     body = {"inputs": [{"name": "input", "shape": [1, 3, 4, 4], "datatype": "FP32", "data": nested}]}
-    decoded = decode_request(json.dumps(body).encode(), None, SHAPE)
-    np.testing.assert_array_equal(decoded.tensor, tensor(1))
+    decoded = decode(json.dumps(body).encode())
+    np.testing.assert_array_equal(decoded.inference.tensor, tensor(1))
     image = base64.b64encode(b"abc").decode()
     body = {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "data": [[image]]}]}
-    assert [u.data for u in decode_request(json.dumps(body).encode(), None, SHAPE).images] == [b"abc"]
+    assert [u.data for u in decode(json.dumps(body).encode()).inference.images] == [b"abc"]
 
 
 def test_requested_outputs_and_their_binary_flags() -> None:
@@ -76,7 +83,7 @@ def test_requested_outputs_and_their_binary_flags() -> None:
         "parameters": {"binary_data_output": True},
         "inputs": [{"name": "input", "shape": [1, 3, 4, 4], "datatype": "FP32", "data": tensor(1).ravel().tolist()}],
     }
-    assert decode_request(json.dumps(body).encode(), None, SHAPE).outputs == {"logits": True, "probabilities": True}
+    assert decode(json.dumps(body).encode()).outputs == {"logits": True, "probabilities": True}
 
 
 def _json(request: dict[str, Any]) -> tuple[bytes, None]:
@@ -106,7 +113,7 @@ BAD_REQUESTS: dict[str, tuple[tuple[bytes, str | None], str]] = {
     "zero batch": (_json({"inputs": [_fp32(shape=[0, 3, 4, 4], data=[])]}), "has shape [0, 3, 4, 4]"),
     "value count": (_json({"inputs": [_fp32(data=[0.5] * 5)]}), "5 values for shape [1, 3, 4, 4] (48 expected)"),
     "not numbers": (_json({"inputs": [_fp32(data=["a"] * COUNT)]}), "data must be numbers"),
-    "nan": (_json({"inputs": [_fp32(data=[float("nan")] * COUNT)]}), "contains NaN or infinite values"),
+    "nan (not a JSON number)": (_json({"inputs": [_fp32(data=[float("nan")] * COUNT)]}), "data must be numbers"),
     "no data": (_json({"inputs": [_fp32(data=None)]}), "has neither 'data' nor binary data"),
     "data and binary": (
         _with_binary({"inputs": [_fp32(parameters={"binary_data_size": 4})]}, b"\0" * 4),
@@ -152,19 +159,19 @@ BAD_REQUESTS: dict[str, tuple[tuple[bytes, str | None], str]] = {
 def test_malformed_requests_are_400_with_a_reason(case: str) -> None:
     (body, header_length), message = BAD_REQUESTS[case]
     with pytest.raises(BadRequest) as error:
-        decode_request(body, header_length, SHAPE)
+        decode(body, header_length)
     assert error.value.status_code == 400 and message in error.value.message
-
-
-def _decoded(outputs: dict[str, bool], request_id: str | None = "q-1") -> DecodedRequest:
-    return DecodedRequest(request_id, tensor(2), None, outputs, None)
 
 
 LOGITS = np.array([[1.0, 2.0, 3.0], [-1.0, 0.0, 40.0]], dtype=np.float32)
 
 
+def _result(version: str, request_id: str | None = "q-1") -> InferenceResult:
+    return InferenceResult("tiny", version, request_id, LOGITS, BatchResult(LOGITS, 0.0, 0.0, 2), 0.0)
+
+
 def test_json_response_read_by_tritonclient() -> None:
-    body, headers = encode_response("tiny", "3", _decoded({"logits": False, "probabilities": False}), LOGITS)
+    body, headers = encode_response(_result("3"), {"logits": False, "probabilities": False})
     assert headers == {"Content-Type": "application/json"}
     result = triton.InferResult.from_response_body(body)
     response = result.get_response()
@@ -174,7 +181,7 @@ def test_json_response_read_by_tritonclient() -> None:
 
 
 def test_binary_response_read_by_tritonclient() -> None:
-    body, headers = encode_response("tiny", "1", _decoded({"probabilities": True, "logits": False}), LOGITS)
+    body, headers = encode_response(_result("1"), {"probabilities": True, "logits": False})
     header_length = int(headers[HEADER_LENGTH])
     assert headers["Content-Type"] == "application/octet-stream"
     header = json.loads(body[:header_length])
@@ -187,7 +194,7 @@ def test_binary_response_read_by_tritonclient() -> None:
 
 
 def test_only_the_requested_outputs_and_no_id_when_none_was_sent() -> None:
-    body, _ = encode_response("tiny", "1", _decoded({"logits": False}, request_id=None), LOGITS)
+    body, _ = encode_response(_result("1", request_id=None), {"logits": False})
     response = json.loads(body)
     assert "id" not in response and [o["name"] for o in response["outputs"]] == ["logits"]
     assert response["outputs"][0] == {

@@ -13,6 +13,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from niff_contract import parse_config
 from niff_serve.postprocessing import softmax
 
 from .conftest import DIGIT_LABELS, MINI, TINY, Photos, Reference, ServerProcess, export_test_model
@@ -147,7 +148,7 @@ def test_a_model_version_is_served_where_triton_looks_for_it(
     assert sorted(p.name for p in folder.iterdir()) == ["3", "config.pbtxt", "labels.txt", "niff.json"]
     manifest = json.loads((folder / "niff.json").read_text())
     assert manifest["version"] == 3 and manifest["artifacts"]["onnx"]["path"] == "3/model.onnx"
-    assert "version_policy: { specific: { versions: [ 3 ] } }" in (folder / "config.pbtxt").read_text()
+    assert list(parse_config((folder / "config.pbtxt").read_text()).version_policy.specific.versions) == [3]
     server = start_server(root)
     tc = triton.InferenceServerClient(server.url.removeprefix("http://"))
     try:
