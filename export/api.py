@@ -8,7 +8,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +16,22 @@ import torch
 from torch import nn
 
 import niff
-from niff_export.artifacts import INPUT_NAME, OUTPUT_NAME, sha256, write_onnx, write_torchscript
+from niff_export.artifacts import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, sha256, write_onnx, write_torchscript
 from niff_export.bake import bake
+from niff_export.compact import CompactPlan, CompactRequest, compact_model, onnx_opset, plan_compaction
 from niff_export.errors import ExportError
-from niff_export.images import sample_photos
+from niff_export.images import folder_images, sample_photos
 from niff_export.labels import resolve_labels
 from niff_export.lowering import LOWERINGS, lower
-from niff_export.parity import FP16_TOLERANCE, FP32_TOLERANCE, ParityReport, compare, parity_inputs
+from niff_export.parity import FP16_TOLERANCE, FP32_TOLERANCE, AgreementReport, ParityReport, compare, parity_inputs
 from niff_export.precision import in_precision
 from niff_export.repository import FORMAT_VERSION, MODEL_FILES, StagingFolder, check_name, config_pbtxt, jsonable
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 DEFAULT_LOWERING = {"onnx": "matmul", "torchscript": "torch"}
 MIN_SIZE = 8
+# Gate inputs run through the models in chunks of this many images (a calibration folder may be large).
+GATE_CHUNK = 32
 
 # Called with (stage description, None) when a stage starts and (description, seconds) when it ends.
 Progress = Callable[[str, "float | None"], None]
@@ -40,6 +43,8 @@ class ExportResult:
     metadata: dict[str, Any]
     parity: ParityReport
     timings: dict[str, float] = field(default_factory=dict)
+    compact: CompactPlan | None = None
+    agreement: AgreementReport | None = None
 
 
 def lowering_for(fmt: str, fft: str | None) -> str:
@@ -127,11 +132,14 @@ def export_model(
     version: int = 1,
     checkpoint: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    compact: CompactRequest | None = None,
 ) -> ExportResult:
     """Export a NIFF model at ``size``×``size`` into ``out_dir/<name>/``; nothing final is written unless parity holds.
 
     ``model`` should come from ``niff.create_model``/``niff.load_checkpoint`` (its ``niff_spec`` gives
     the preprocessing and the default name); any fx-traceable model built from niff layers works.
+    ``compact`` makes a compact export (``compact.py``): the artifacts then reproduce the compact
+    model exactly, and its agreement with the exact model is gated and recorded in niff.json.
     """
     formats = _check_request(size, formats, max_batch_size)
     spec = getattr(model, "niff_spec", None)
@@ -142,31 +150,55 @@ def export_model(
     lowerings = {fmt: lowering_for(fmt, fft) for fmt in formats}
     timings: dict[str, float] = {}
     model = model.eval()
+    plan, calibration = None, None
+    if compact is not None:
+        with _stage(progress, timings, f"Measuring kernels at {size}x{size} for compaction"):
+            plan = plan_compaction(model, size, compact)
+            if compact.calibration is not None:
+                calibration = folder_images(Path(compact.calibration), preprocessing)
     staging = StagingFolder(Path(out_dir), name)
     try:
         with _stage(progress, timings, f"Baking filters at {size}x{size}"):
             baked = bake(model, size)
+            deployed = baked if plan is None else compact_model(baked, plan)
         artifacts: dict[str, dict[str, Any]] = {}
         for fmt in formats:
             lowering = lowerings[fmt]
             with _stage(progress, timings, f"Writing {fmt} ({lowering} lowering{', fp16' if fp16 else ''})"):
-                module = in_precision(lower(copy.deepcopy(baked), "matmul" if lowering == "matmul" else "torch"), fp16)
+                module = in_precision(
+                    lower(copy.deepcopy(deployed), "matmul" if lowering == "matmul" else "torch"), fp16
+                )
                 target = staging.path / "1" / MODEL_FILES[fmt]
                 info = (
-                    write_onnx(module, torch.randn(2, 3, size, size), target, lowering, opset)
+                    write_onnx(
+                        module,
+                        torch.randn(2, 3, size, size),
+                        target,
+                        lowering,
+                        onnx_opset(plan, opset, DEFAULT_OPSET[lowering]),
+                    )
                     if fmt == "onnx"
                     else write_torchscript(module, target)
                 )
                 artifacts[fmt] = {"path": f"1/{MODEL_FILES[fmt]}", "lowering": lowering, "fp16": fp16, **info}
         with _stage(progress, timings, "Checking parity with eager PyTorch"):
-            report = _parity(model, baked, staging.path, formats, size, preprocessing, fp16)
+            report, agreement = _parity(
+                model, baked, staging.path, formats, size, preprocessing, fp16, plan, deployed, calibration
+            )
         if not report.passed:
             raise ExportError(f"parity check failed; nothing was written.\n{report.table()}")
+        if agreement is not None and not agreement.passed:
+            raise ExportError(
+                "the compact model's top-1 agreement is below --compact-min-agreement; nothing was written.\n"
+                f"{plan.table()}\n\n{agreement.table()}"
+            )
         for fmt in formats:
             artifacts[fmt]["sha256"] = sha256(staging.path / artifacts[fmt]["path"])
         metadata = _metadata(
             name, version, spec, model, num_classes, size, preprocessing, max_batch_size, artifacts, report, checkpoint
         )
+        if plan is not None:
+            metadata["compact"] = plan.record(agreement, None if calibration is None else len(calibration))
         staging.write_text("labels.txt", "\n".join(label_list) + "\n")
         staging.write_text("config.pbtxt", config_pbtxt(name, formats, size, num_classes, max_batch_size))
         staging.write_json("niff.json", metadata)
@@ -174,7 +206,7 @@ def export_model(
     except BaseException:
         staging.discard()
         raise
-    return ExportResult(path, metadata, report, timings)
+    return ExportResult(path, metadata, report, timings, plan, agreement)
 
 
 def _parity(
@@ -185,21 +217,43 @@ def _parity(
     size: int,
     preprocessing: niff.Preprocessing,
     fp16: bool,
-) -> ParityReport:
+    plan: CompactPlan | None = None,
+    compacted: nn.Module | None = None,
+    calibration: torch.Tensor | None = None,
+) -> tuple[ParityReport, AgreementReport | None]:
+    """Artifacts against the model they implement; with a compact plan, also the compact model's agreement.
+
+    The exact baked model is always held to eager; the artifacts of a compact export are held to the
+    compact model (rows marked "vs compact"), whose approximation is gated by agreement instead.
+    """
     precision = "fp16" if fp16 else "fp32"
+    suffix = "" if plan is None else " vs compact"
     runners = {
-        f"{fmt} ({precision})": (_onnx_runner if fmt == "onnx" else _torchscript_runner)(
+        f"{fmt} ({precision}){suffix}": (_onnx_runner if fmt == "onnx" else _torchscript_runner)(
             folder / "1" / MODEL_FILES[fmt]
         )
         for fmt in formats
     }
-    rows = []
-    for inputs, batch in parity_inputs(size, sample_photos(preprocessing)).items():
+    inputs = parity_inputs(size, sample_photos(preprocessing))
+    if calibration is not None:
+        inputs["calibration"] = calibration
+    rows, agreement = [], []
+    for name, batch in inputs.items():
         with torch.no_grad():
-            reference = model(batch)
-            rows.append(compare("baked (torch)", inputs, reference, baked(batch)))
-        rows += [compare(candidate, inputs, reference, run(batch)) for candidate, run in runners.items()]
-    return ParityReport(tuple(rows), FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
+            reference = _chunked(model, batch)
+            exact = _chunked(baked, batch)
+            rows.append(compare("baked (torch)", name, reference, exact))
+            target = reference if compacted is None else _chunked(compacted, batch)
+        if compacted is not None:
+            agreement += [compare("compact vs eager", name, reference, target)]
+            agreement += [compare("compact vs exact", name, exact, target)]
+        rows += [compare(candidate, name, target, _chunked(run, batch)) for candidate, run in runners.items()]
+    report = ParityReport(tuple(rows), FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
+    return report, None if plan is None else AgreementReport(tuple(agreement), plan.request.min_agreement)
+
+
+def _chunked(run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+    return torch.cat([run(chunk) for chunk in batch.split(GATE_CHUNK)])
 
 
 def _metadata(
@@ -254,13 +308,37 @@ def export_checkpoint(
     """Load a checkpoint (``niff.load_checkpoint`` rules) and export it; see ``export_model`` for ``options``."""
     timings: dict[str, float] = {}
     with _stage(progress, timings, "Loading checkpoint"):
-        try:
-            model = niff.load_checkpoint(
-                checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema
-            )
-        except niff.CheckpointError as exc:
-            raise ExportError(str(exc)) from None
+        model = load_model(checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema)
     if name is None and model.niff_spec.arch is None:
         name = Path(checkpoint).stem
     result = export_model(model, size, out_dir, name, checkpoint=checkpoint, progress=progress, **options)
-    return ExportResult(result.path, result.metadata, result.parity, {**timings, **result.timings})
+    return replace(result, timings={**timings, **result.timings})
+
+
+def load_model(
+    checkpoint: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    ema: bool = False,
+) -> nn.Module:
+    """``niff.load_checkpoint`` with its errors as ExportError, naming a checkpoint that holds no NIFF layers."""
+    try:
+        return niff.load_checkpoint(checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema)
+    except niff.CheckpointError as exc:
+        raise ExportError(_without_niff_layers(checkpoint, trust_pickle, ema) or str(exc)) from None
+
+
+def _without_niff_layers(checkpoint: str | os.PathLike[str], trust_pickle: bool, ema: bool) -> str | None:
+    """Why a checkpoint that failed to load is not a NIFF model, when its weights have no frequency-filter MLPs."""
+    try:
+        state_dict = niff.extract_state_dict(niff.read_checkpoint(checkpoint, trust_pickle), ema)
+    except niff.CheckpointError:
+        return None
+    if any(part in ("mlp_real", "mlp_imag", "mlp") for key in state_dict for part in key.split(".")):
+        return None
+    return (
+        f"{os.fspath(checkpoint)} holds no NIFF layers (no frequency-filter weights 'mlp_real', 'mlp_imag' or "
+        "'mlp'): it is not a NIFF checkpoint"
+    )

@@ -1,6 +1,9 @@
-"""Real photos for the parity gate: scikit-learn's bundled sample images, preprocessed like the model expects."""
+"""Real images for the parity gate: scikit-learn's bundled sample photos and a user's calibration folder,
+preprocessed like the model expects."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -8,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from niff.registry import Preprocessing
+from niff_export.errors import ExportError
 
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -38,3 +42,23 @@ def sample_photos(preprocessing: Preprocessing) -> Tensor:
     from sklearn.datasets import load_sample_images
 
     return torch.stack([preprocess(Image.fromarray(photo), preprocessing) for photo in load_sample_images().images])
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def folder_images(folder: Path, preprocessing: Preprocessing) -> Tensor:
+    """Every image file directly in ``folder`` (sorted by name), preprocessed: [N, 3, S, S]."""
+    if not folder.is_dir():
+        raise ExportError(f"calibration folder {folder} does not exist or is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ExportError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                images.append(preprocess(image, preprocessing))
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"cannot read the calibration image {path}: {exc}") from None
+    return torch.stack(images)
