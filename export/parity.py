@@ -112,7 +112,8 @@ class AgreementReport:
                 f"{row.candidate:<22}{row.inputs:<12}{row.max_abs:>11.2e}{row.rel_err:>11.2e}"
                 f"{row.top1_agreement:>9.2%}  {verdict}"
             )
-        lines.append(f"gate: top-1 agreement >= {self.min_agreement:.2%} on images ({', '.join(IMAGE_INPUTS)})")
+        images = [name for name in IMAGE_INPUTS if any(row.inputs == name for row in self.rows)]
+        lines.append(f"gate: top-1 agreement >= {self.min_agreement:.2%} on images ({', '.join(images)})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
