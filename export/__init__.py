@@ -3,12 +3,14 @@ TorchScript into a model-repository folder, and prove parity with eager PyTorch 
 
 from niff_export.api import FORMATS, ExportResult, export_checkpoint, export_model, lowering_for
 from niff_export.bake import bake
+from niff_export.compact import CompactRequest
 from niff_export.errors import ExportError
 from niff_export.lowering import LOWERINGS, lower
 
 __all__ = [
     "FORMATS",
     "LOWERINGS",
+    "CompactRequest",
     "ExportError",
     "ExportResult",
     "bake",

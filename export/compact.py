@@ -7,9 +7,10 @@ banks — so the reference's circular semantics stay. It is an approximation: th
 keep and the measured agreement with the exact model are recorded, and the export's gate checks them.
 
 Compacting happens after baking, on the BatchNorm-folded filters, so a folded BatchNorm stays folded.
-Layers on maps below ``MIN_COMPACT_MAP`` stay spectral (there a spectral layer costs about as much as
-the padding and convolution that would replace it), and so do layers whose window would hold the whole
-kernel anyway.
+Layers on maps below ``MIN_COMPACT_MAP`` stay spectral: there the exact layer is already cheap (ResNet-50's
+7×7 layers take well under 1 % of its time, benchmarks/compact_speed.py --layers), while any window that
+would save something (K ≤ 5) cuts deep into a kernel that spans the whole map. So do layers whose window
+would hold the whole kernel anyway.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def choose(stats: KernelStats, request: CompactRequest) -> LayerChoice:
         kernel = min(kernel, request.kernel)
     reason = None
     if n < MIN_COMPACT_MAP:
-        reason = f"{n}x{n} map: below {MIN_COMPACT_MAP}x{MIN_COMPACT_MAP} the spectral layer is as cheap"
+        reason = f"{n}x{n} map: below {MIN_COMPACT_MAP}x{MIN_COMPACT_MAP} the exact layer costs little"
     elif kernel >= n:
         whole = f"the whole {n}x{n} kernel"
         reason = f"{wanted} needs {whole}" if wanted else f"a {kernel}x{kernel} window holds {whole}"

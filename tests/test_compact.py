@@ -216,7 +216,7 @@ def test_compact_summary_says_which_layers_stay_spectral(tmp_path, capsys):
     )
     stdout = capsys.readouterr().out
     assert "Compact export (--compact 0.9 --compact-kernel 7): 4 of 5 NIFF filter layers" in stdout
-    assert "spectral: 4x4 map: below 8x8 the spectral layer is as cheap" in stdout
+    assert "spectral: 4x4 map: below 8x8 the exact layer costs little" in stdout
     assert "onnx (fp32) vs compact" in stdout and "compact vs exact" in stdout
     assert "gate: top-1 agreement >= 100.00% on images (photos)" in stdout
 
@@ -338,3 +338,19 @@ def test_model_without_filter_layers_cannot_be_compacted(tmp_path):
             model.set_submodule(name, nn.Conv2d(module[1].in_planes, module[1].out_planes, 3, padding=1))
     with pytest.raises(ExportError, match="no NIFF filter layers"):
         plan_compaction(model, 32, CompactRequest(kernel=5))
+
+
+def test_help_explains_the_compact_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--compact MASS",
+        "--compact-error E",
+        "--compact-kernel K",
+        "--calibration DIR",
+        "--compact-min-agreement A",
+        "Compact export",
+    ):
+        assert option in text

@@ -143,15 +143,15 @@ def effective_figure(report: KernelReport) -> Figure:
         ]
         for s in report.layers
     ]
-    figure = Figure(figsize=(10, 0.25 * len(rows) + 0.8), layout="constrained")
+    figure = Figure(figsize=(8, 0.22 * (len(rows) + 1) + 0.6), layout="constrained")
     ax = figure.subplots()
     ax.axis("off")
-    table = ax.table(cellText=rows, colLabels=header, loc="upper center", cellLoc="center")
+    table = ax.table(cellText=rows, colLabels=header, loc="center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.auto_set_column_width(list(range(len(header))))
     ax.set_title(
-        f"{report.model} at {report.size}x{report.size}: effective kernel size "
+        f"{report.model} at {report.size}x{report.size}: effective kernel size\n"
         "(smallest odd K whose window holds the share of the L1 mass, mean over the layer's kernels)",
         fontsize=9,
     )
