@@ -206,10 +206,13 @@ class CompactPlan:
         lines = [
             f"Compact export ({self.request.describe()}): {len(self.compacted)} of {len(self.layers)} NIFF filter "
             "layers became circular KxK convolutions",
-            f"{'layer':<34}{'kind':<11}{'map':>7}  {'kernel':<8}{'L1 mass':>8}{'energy':>8}{'spec err':>10}",
         ]
+        width = max(24, *(len(c.layer) + 2 for c in self.layers))
+        lines.append(
+            f"{'layer':<{width}}{'kind':<11}{'map':>7}  {'kernel':<8}{'L1 mass':>8}{'energy':>8}{'spec err':>10}"
+        )
         for c in self.layers:
-            head = f"{c.layer:<34}{c.kind:<11}{f'{c.map_size}x{c.map_size}':>7}  "
+            head = f"{c.layer:<{width}}{c.kind:<11}{f'{c.map_size}x{c.map_size}':>7}  "
             if c.kernel is None:
                 lines.append(f"{head}spectral: {c.reason}")
             else:

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 import niff
+import niff_export
 from niff import digits
 from niff.layers import FreqConvDW, FreqConvFull
 from niff_export import bake
@@ -354,3 +355,20 @@ def test_help_explains_the_compact_options(capsys):
         "Compact export",
     ):
         assert option in text
+
+
+def test_full_filter_banks_become_full_circular_convolutions(tmp_path):
+    model = realistic(
+        niff.create_model(
+            "resnet18_full", num_classes=4, small_input=True, widths=(8, 16, 32, 64), layers=(1, 1, 1, 1)
+        ),
+        32,
+    )
+    result = niff_export.export_model(model, 32, tmp_path, "full", compact=CompactRequest(kernel=5, min_agreement=0.0))
+    assert result.parity.passed
+    assert [(c.kind, c.kernel) for c in result.compact.layers][:3] == [("full", 5)] * 3
+    graph = onnx.load(str(result.path / "1" / "model.onnx")).graph
+    pads = {node.output[0] for node in graph.node if node.op_type == "Pad"}
+    full_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[0] in pads]
+    assert len(full_convs) == len(result.compact.compacted)
+    assert all(a.i == 1 for n in full_convs for a in n.attribute if a.name == "group")
