@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -28,8 +28,9 @@ class Stage:
         count = len(self.layers)
         return f"{self.map_size}x{self.map_size} maps ({count} layer{'s' * (count != 1)}, {kernels} kernels)"
 
-    def pooled(self, field: str = "mass") -> tuple[list[float], list[float]]:
-        return pooled(list(self.layers), field)  # type: ignore[arg-type]
+    def pooled(self, field: Literal["mass", "energy"] = "mass") -> tuple[list[float], list[float]]:
+        """Mean and standard deviation over every kernel of the stage."""
+        return pooled(list(self.layers), field)
 
 
 @dataclass(frozen=True)
