@@ -79,6 +79,44 @@ class Parity(_Record):
     rows: tuple[ParityRow, ...]
 
 
+class CompactLayer(_Record):
+    """One NIFF filter layer of a compact export: its kernel, or why it stayed spectral."""
+
+    layer: str
+    kind: Literal["depthwise", "full"]
+    map_size: PositiveInt
+    kernel: PositiveInt | None
+    mass_kept: float
+    energy_kept: float
+    spectral_error: float
+    reason: str | None = None
+
+
+class Agreement(_Record):
+    """The compact model's agreement with the exact model and with eager PyTorch, and the gate on it."""
+
+    min_agreement: float
+    passed: bool
+    rows: tuple[ParityRow, ...]
+
+
+class CalibrationRecord(_Record):
+    folder: str
+    images: PositiveInt
+
+
+class CompactRecord(_Record):
+    """A compact export: what was asked, every filter layer's fate, and the measured agreement."""
+
+    mode: Literal["mass", "error", "kernel"]
+    mass: float | None = None
+    error: float | None = None
+    kernel: PositiveInt | None = None
+    layers: tuple[CompactLayer, ...]
+    agreement: Agreement
+    calibration: CalibrationRecord | None = None
+
+
 class CheckpointRecord(_Record):
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -105,6 +143,7 @@ class Manifest(_Record):
     checkpoint: CheckpointRecord | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     created: str | None = None
+    compact: CompactRecord | None = Field(None, description="Only in a compact export.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -130,7 +169,8 @@ class Manifest(_Record):
         return TRITON_PLATFORMS["onnx" if "onnx" in self.artifacts else "torchscript"]
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2) + "\n"
+        """The text of niff.json; an exact export has no ``compact`` key at all."""
+        return self.model_dump_json(indent=2, exclude=None if self.compact else {"compact"}) + "\n"
 
 
 def parse_manifest(data: Any) -> Manifest:

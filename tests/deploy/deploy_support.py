@@ -289,8 +289,9 @@ def serve_script_name(pyproject: dict[str, Any]) -> str:
 
 
 def export_script_name(pyproject: dict[str, Any]) -> str:
-    names = [n for n, t in pyproject["project"]["scripts"].items() if t.startswith("niff_export.")]
-    assert len(names) == 1, f"expected one console script into export/, got {names}"
+    """The console script of the export CLI (niff-export; export/ also holds niff-report)."""
+    names = [n for n, t in pyproject["project"]["scripts"].items() if t.partition(":")[0] == "niff_export.cli"]
+    assert len(names) == 1, f"expected one console script into export/cli.py, got {names}"
     return names[0]
 
 
