@@ -109,7 +109,7 @@ image-test:
 	deploy/image/ci.sh
 
 lock: install
-	$(PY) deploy/image/lock.py --constraint '$(TORCH_SPEC)' $(foreach d,$(TORCH_WHEELS),--find-links $(d))
+	$(PY) deploy/image/lock.py --constraint 'torch==$(VENV_TORCH_VERSION)' $(foreach d,$(TORCH_WHEELS),--find-links $(d))
 
 checks-venv: $(CHECKS_VENV)/.installed
 

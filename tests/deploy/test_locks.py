@@ -99,8 +99,8 @@ def test_cpu_locks_hold_no_cuda_and_cuda_locks_one_cuda_stack(target, variant):
 @pytest.mark.parametrize("target", ["serve", "export"])
 def test_torch_is_the_version_the_makefile_locks(target):
     """Every image runs the torch that `make lock` pins (the development environment's)."""
-    spec = re.search(r"^TORCH_SPEC \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
-    torch = Requirement(spec)
+    version = re.search(r"^VENV_TORCH_VERSION \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    torch = Requirement(f"torch=={version}")
     for variant in lock.TARGETS[target][1]:
         version = pins(lock.lock_path(target, variant))["torch"][0]
         assert torch.specifier.contains(version), (target, variant, version)

@@ -27,7 +27,8 @@ def pair(tiny_only_repository: Path, tmp_path: Path) -> ServerProcess:
         *("--workers", "2", "--max-batch-size", "8", "--max-queue-size", "16", "--max-batch-delay-ms", "1500"),
     )
     server.wait_ready()
-    wait_until(lambda: len(workers_of(server)) == 2, "the supervisor did not start two workers")
+    wait_until(lambda: "serving with 2 worker processes" in server.log(), "the two workers did not both serve")
+    assert len(workers_of(server)) == 2
     yield server
     server.stop(signal.SIGKILL)
     for pid in workers_of(server):
