@@ -25,10 +25,13 @@ from niff_export.lowering import LOWERINGS, lower
 from niff_export.parity import FP16_TOLERANCE, FP32_TOLERANCE, ParityReport, compare, parity_inputs
 from niff_export.precision import in_precision
 from niff_export.repository import FORMAT_VERSION, MODEL_FILES, StagingFolder, check_name, config_pbtxt, jsonable
+from niff_export.tuning import default_choices, tune_layers
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 DEFAULT_LOWERING = {"onnx": "matmul", "torchscript": "torch"}
 MIN_SIZE = 8
+# Batch at which --tune times the spectral layers (capped by the model's max batch size).
+TUNE_BATCH = 8
 
 # Called with (stage description, None) when a stage starts and (description, seconds) when it ends.
 Progress = Callable[[str, "float | None"], None]
@@ -126,12 +129,15 @@ def export_model(
     max_batch_size: int = 64,
     version: int = 1,
     checkpoint: str | os.PathLike[str] | None = None,
+    tune: bool = False,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export a NIFF model at ``size``×``size`` into ``out_dir/<name>/``; nothing final is written unless parity holds.
 
     ``model`` should come from ``niff.create_model``/``niff.load_checkpoint`` (its ``niff_spec`` gives
     the preprocessing and the default name); any fx-traceable model built from niff layers works.
+    ``tune`` times each spectral layer's candidate lowerings on this machine and keeps the fastest;
+    otherwise a default table applies. Each artifact's ``spectral_layers`` in niff.json records the choice.
     """
     formats = _check_request(size, formats, max_batch_size)
     spec = getattr(model, "niff_spec", None)
@@ -149,15 +155,28 @@ def export_model(
         artifacts: dict[str, dict[str, Any]] = {}
         for fmt in formats:
             lowering = lowerings[fmt]
+            if tune:
+                with _stage(progress, timings, f"Tuning the spectral layers for {fmt}"):
+                    choices = tune_layers(baked, fmt, lowering, batch=min(TUNE_BATCH, max_batch_size), fp16=fp16)
+            else:
+                choices = default_choices(baked, lowering)
             with _stage(progress, timings, f"Writing {fmt} ({lowering} lowering{', fp16' if fp16 else ''})"):
-                module = in_precision(lower(copy.deepcopy(baked), "matmul" if lowering == "matmul" else "torch"), fp16)
+                per_layer = {choice.layer: choice.lowering for choice in choices}
+                family = "matmul" if lowering == "matmul" else "torch"
+                module = in_precision(lower(copy.deepcopy(baked), family, per_layer), fp16)
                 target = staging.path / "1" / MODEL_FILES[fmt]
                 info = (
                     write_onnx(module, torch.randn(2, 3, size, size), target, lowering, opset)
                     if fmt == "onnx"
                     else write_torchscript(module, target)
                 )
-                artifacts[fmt] = {"path": f"1/{MODEL_FILES[fmt]}", "lowering": lowering, "fp16": fp16, **info}
+                artifacts[fmt] = {
+                    "path": f"1/{MODEL_FILES[fmt]}",
+                    "lowering": lowering,
+                    "fp16": fp16,
+                    **info,
+                    "spectral_layers": [choice.to_dict() for choice in choices],
+                }
         with _stage(progress, timings, "Checking parity with eager PyTorch"):
             report = _parity(model, baked, staging.path, formats, size, preprocessing, fp16)
         if not report.passed:

@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,7 @@ examples:
   niff-export resnet50_split.pth --size 224
   niff-export ckpt.pt --size 224 --arch convnext_tiny --ema --out ./models
   niff-export ckpt.pt --size 32 --format onnx --fft dft --name cifar_resnet
+  niff-export resnet50_split.pth --size 224 --tune    # time each spectral layer's lowerings here
 """
 
 
@@ -100,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         "runtime and execution provider); dft = ONNX DFT op (opset >= 20); torch = torch.fft in TorchScript "
         f"(cuFFT on GPU). Default: ONNX {DEFAULT_LOWERING['onnx']}, TorchScript {DEFAULT_LOWERING['torchscript']}",
     )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="time each spectral layer's candidate lowerings (matmul: separable, kronecker; TorchScript also "
+        "torch.fft) on this machine's runtime at batch 8 and keep the fastest; without it a default table "
+        "measured on ONNX Runtime CPU applies. The choices and timings go into niff.json",
+    )
     parser.add_argument("--fp16", action="store_true", help="compute in float16 (inputs and outputs stay float32)")
     parser.add_argument(
         "--labels",
@@ -143,14 +152,16 @@ def _summary(result: ExportResult, elapsed: float) -> str:
     lines = [f"Exported {meta['name']} ({what}) in {elapsed:.1f} s:"]
     for fmt, info in meta["artifacts"].items():
         size_mb = (result.path / info["path"]).stat().st_size / 1e6
-        lines.append(f"  {result.path / info['path']}  {fmt}, {info['lowering']} lowering, {size_mb:.1f} MB")
+        counts = Counter(layer["lowering"] for layer in info["spectral_layers"])
+        layers = f" ({', '.join(f'{count} {name}' for name, count in sorted(counts.items()))})" if counts else ""
+        lines.append(f"  {result.path / info['path']}  {fmt}, {info['lowering']} lowering{layers}, {size_mb:.1f} MB")
     lines += ["", result.parity.table(), "", f"Serve it: niff-serve --model-repository {result.path.parent}"]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    progress = _ProgressPrinter(total=3 + len(args.formats))
+    progress = _ProgressPrinter(total=3 + len(args.formats) * (2 if args.tune else 1))
     start = time.perf_counter()
     try:
         labels = read_labels(args.labels) if args.labels else None
@@ -171,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             opset=args.opset,
             max_batch_size=args.max_batch_size,
             version=args.model_version,
+            tune=args.tune,
         )
     except ExportError as exc:
         print(f"\nniff-export: error: {exc}", file=sys.stderr)

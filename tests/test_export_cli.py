@@ -38,6 +38,16 @@ def test_exports_a_checkpoint(checkpoint, tmp_path):
     assert {p.name for p in (tmp_path / "cifar" / "1").iterdir()} == {"model.onnx", "model.pt"}
 
 
+def test_tune_adds_a_stage_and_reports_the_choices(checkpoint, tmp_path):
+    done = run(str(checkpoint), "--size", str(SMALL), "--out", str(tmp_path), "--format", "onnx", "--tune")
+    assert done.returncode == 0, done.stderr
+    assert "[3/5] Tuning the spectral layers for onnx" in done.stderr and "[5/5] Checking parity" in done.stderr
+    layers = json.loads((tmp_path / "resnet18_split" / "niff.json").read_text())["artifacts"]["onnx"]["spectral_layers"]
+    counts = {name: sum(layer["lowering"] == name for layer in layers) for name in ("kronecker", "separable")}
+    shown = ", ".join(f"{count} {name}" for name, count in counts.items() if count)
+    assert f"onnx, matmul lowering ({shown})" in done.stdout
+
+
 def test_help_explains_every_option():
     done = run("--help")
     assert done.returncode == 0
@@ -55,6 +65,7 @@ def test_help_explains_every_option():
         "--trust-pickle",
         "--ema",
         "--max-batch-size",
+        "--tune",
     ):
         assert option in done.stdout
     assert "resnet50_split" in done.stdout and "matmul" in done.stdout
