@@ -9,8 +9,10 @@ convnext_tiny against ConvNeXt-T with its 7×7 depthwise convolutions.
 
 Candidates run in interleaved rounds; each round times every candidate --runs times and keeps the
 median, and each table cell is the median over rounds (times, and per-round ratios to the group's
-reference), so a background load that comes and goes moves all candidates alike. Random weights: the
-speed of a layer does not depend on its values.
+reference), so a background load that comes and goes moves all candidates alike. On a machine shared
+with other work, --clock cpu times the process's CPU time instead of the wall clock (ONNX Runtime's
+idle threads sleep rather than spin here, so CPU time is work done; it does not see how well an
+operation spreads over the threads). Random weights: the speed of a layer does not depend on its values.
 
     python benchmarks/spectral_layers.py                  # ONNX Runtime CPU, 2 threads, batch 8
     python benchmarks/spectral_layers.py --device cuda    # TorchScript CUDA fp32 + fp16, batch 128
@@ -51,7 +53,9 @@ MODELS = (("resnet18_split", 3), ("resnet50_split", 3), ("convnext_tiny", 7))  #
 Runner = Callable[[], object]
 
 
-def interleaved(runners: dict[str, Runner], reference: str, rounds: int, runs: int) -> dict[str, tuple[float, float]]:
+def interleaved(
+    runners: dict[str, Runner], reference: str, rounds: int, runs: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, tuple[float, float]]:
     """Per candidate: median time (ms) over rounds and median over rounds of its time / the reference's."""
     for run in runners.values():
         run()
@@ -61,9 +65,9 @@ def interleaved(runners: dict[str, Runner], reference: str, rounds: int, runs: i
         for name, run in runners.items():
             samples = []
             for _ in range(runs):
-                start = time.perf_counter()
+                start = clock()
                 run()
-                samples.append(time.perf_counter() - start)
+                samples.append(clock() - start)
             times[name].append(statistics.median(samples) * 1e3)
     return {
         name: (
@@ -171,7 +175,7 @@ def layer_part(args: argparse.Namespace, tmp: Path) -> None:
                 else:
                     path = tmp / f"{name.replace(' ', '_').replace(',', '')}_{size}.onnx"
                     runners[name] = onnx_runner(module, x, path, args.threads, cuda=False)
-            results[f"{size}², {channels}"] = interleaved(runners, "dense 3x3", args.rounds, args.runs)
+            results[f"{size}², {channels}"] = interleaved(runners, "dense 3x3", args.rounds, args.runs, args.clock)
         names = list(max(results.values(), key=len))
         rows = [
             [shape] + [f"{result[n][0]:.2f} ms ({result[n][1]:.2f}×)" if n in result else "—" for n in names]
@@ -214,7 +218,7 @@ def model_part(args: argparse.Namespace, tmp: Path) -> None:
                     "niff": torchscript_runner(copy.deepcopy(lowered).cuda(), xg, precision == "fp16"),
                 }
         for runtime, runners in groups.items():
-            result = interleaved(runners, "niff", args.rounds, args.runs)
+            result = interleaved(runners, "niff", args.rounds, args.runs, args.clock)
             (niff_ms, _), (twin_ms, twin_ratio) = result["niff"], result["twin"]
             rows.append(
                 [arch, runtime, summary, f"{error:.1e}", f"{niff_ms:.1f}", f"{twin_ms:.1f}", f"**{twin_ratio:.3f}×**"]
@@ -233,6 +237,9 @@ def main() -> None:
     parser.add_argument("--layer-batch", type=int, help="single-layer batch (default: as --batch)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per candidate and round (default 3)")
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall", help="wall clock (default) or process CPU time"
+    )
     parser.add_argument("--tune", action="store_true", help="whole models: lowerings by --tune, not the default table")
     parser.add_argument("--models", nargs="*", metavar="ARCH", help="whole models to run (default: all three)")
     parser.add_argument("--skip-layers", action="store_true", help="only the whole models")
@@ -240,9 +247,13 @@ def main() -> None:
     args = parser.parse_args()
     args.batch = args.batch or (128 if args.device == "cuda" else 8)
     args.layer_batch = args.layer_batch or args.batch
+    if args.device == "cuda" and args.clock == "cpu":
+        parser.error("--clock cpu measures CPU work; GPU runs need the wall clock")
+    args.clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPUs"
-    print(f"machine: {cpu_name()}, {device}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
+    clock = "process CPU time" if args.clock is time.process_time else "wall clock"
+    print(f"machine: {cpu_name()}, {device}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}; {clock}")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_layers:

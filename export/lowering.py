@@ -60,7 +60,7 @@ def reshape_batch(x: Tensor, shape: list[int]) -> Tensor:
 
     A plain reshape exports as ``Reshape(x, [-1, ...])``: ONNX Runtime then loses the batch size's name,
     cannot prove that a residual addition's two inputs have one shape, and stops fusing it into the
-    convolution before it (about 20 % of a NIFF-ResNet-50's time).
+    convolution before it (3–19 % slower NIFF-ResNet-50s in docs/benchmarks.md).
     """
     if torch.jit.is_scripting():
         return x.reshape([-1] + shape)  # noqa: RUF005 - TorchScript has no starred expressions

@@ -13,6 +13,7 @@ import copy
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,7 +135,9 @@ def _onnx_runner(module: nn.Module, example: torch.Tensor, path: Path) -> Callab
 
 def _torchscript_runner(module: nn.Module, example: torch.Tensor) -> Callable[[], object]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    scripted = torch.jit.script(module).to(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(module).to(device)
     x = example.to(device)
 
     def run() -> object:

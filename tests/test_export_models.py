@@ -156,8 +156,9 @@ def test_fp16_artifacts_keep_float32_interface(small_model, tmp_path):
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
 
 
-def test_torchscript_runs_without_our_packages(small_model, tmp_path):
-    result = export_model(small_model, SMALL, tmp_path, formats=["torchscript"])
+@pytest.mark.parametrize("fft", ["torch", "matmul"])
+def test_torchscript_runs_without_our_packages(small_model, tmp_path, fft):
+    result = export_model(small_model, SMALL, tmp_path, formats=["torchscript"], fft=fft)
     x = torch.randn(4, 3, SMALL, SMALL)
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
