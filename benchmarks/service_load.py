@@ -5,7 +5,9 @@ before sending the next) until the level's request count or time bound is reache
 throughput (images/s), p50/p99 latency of successful requests, mean batch size (from the server's
 ``niff_batch_size`` histogram), the answers by status, and throughput as a fraction of the raw backend
 throughput: the same backend, loaded in this process before the server starts, running full batches of
-preprocessed tensors with nothing else on the machine.
+preprocessed tensors with nothing else on the machine. Then the server's CPU time per request, from
+/proc for the server and its worker processes, split by stage with the server's ``niff_cpu_seconds``
+counters; "other" is what no stage counts (HTTP parsing, routing, body reading, logging, metrics).
 
     python benchmarks/service_load.py --model-repository models --model resnet50_split \\
         --concurrency 1,8,32,64 --requests 400 --duration 60
@@ -35,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from niff_contract import read_model_folder
 from niff_serve.backends import load_backend
-from niff_serve.repository import read_model_folder
 from niff_serve.settings import Settings
 
 
@@ -48,6 +50,8 @@ class LevelResult:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     mean_batch: float = 0.0
+    cpu_s: float = 0.0
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -68,6 +72,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=300, help="Requests per level (after warm-up).")
     parser.add_argument("--duration", type=float, default=60.0, help="Most seconds per level.")
     parser.add_argument("--images-per-request", type=int, default=1)
+    parser.add_argument(
+        "--image",
+        type=Path,
+        action="append",
+        default=[],
+        help="Image file for classify mode, repeatable (default: scikit-learn's two 640x427 JPEG photos).",
+    )
     parser.add_argument("--raw-seconds", type=float, default=10.0, help="How long to time the raw backend.")
     parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torchscript"))
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -153,6 +164,28 @@ class Server:
         finally:
             connection.close()
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the server process and its worker processes so far."""
+        pids = [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        if children.exists():
+            pids += [int(pid) for pid in children.read_text().split()]
+        total = 0.0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def stage_cpu(self, model: str) -> dict[str, float]:
+        """The server's ``niff_cpu_seconds`` counters for ``model``, by stage."""
+        text = self.get("/metrics")[1].decode()
+        return {
+            sample.labels["stage"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "niff_cpu_seconds_total" and sample.labels.get("model") == model
+        }
+
     def batch_histogram(self, model: str) -> tuple[float, float]:
         """(sum, count) of the model's batch sizes so far."""
         text = self.get("/metrics")[1].decode()
@@ -181,10 +214,12 @@ def request_bodies(args: argparse.Namespace) -> list[tuple[str, bytes, dict[str,
     if args.mode == "classify":
         from sklearn.datasets import load_sample_images
 
-        photos = [Path(f).read_bytes() for f in load_sample_images().filenames]
+        photos = [path.read_bytes() for path in args.image] or [
+            Path(f).read_bytes() for f in load_sample_images().filenames
+        ]
         path = f"/v1/models/{args.model}:classify?top_k=5"
         if n == 1:
-            return [(path, photo, {"Content-Type": "image/jpeg"}) for photo in photos]
+            return [(path, photo, {"Content-Type": "application/octet-stream"}) for photo in photos]
         boundary = "niffbenchmark"
         parts = b"".join(
             f'--{boundary}\r\nContent-Disposition: form-data; name="f"; filename="{i}.jpg"\r\n'
@@ -266,14 +301,32 @@ def run_level(server: Server, args: argparse.Namespace, concurrency: int, bodies
     threads = [threading.Thread(target=client, args=(w,)) for w in range(concurrency)]
     for thread in threads:
         thread.start()
+    measuring.wait()
+    cpu_before, stages_before = server.cpu_seconds(), server.stage_cpu(args.model)
     for thread in threads:
         thread.join()
     ended = time.perf_counter()
+    result.cpu_s = server.cpu_seconds() - cpu_before
+    result.stage_cpu_s = {k: v - stages_before.get(k, 0.0) for k, v in server.stage_cpu(args.model).items()}
     after = server.batch_histogram(args.model)
     result.seconds = ended - started[0] if started else 0.0
     batches = after[1] - before[1]
     result.mean_batch = (after[0] - before[0]) / batches if batches else 0.0
     return result
+
+
+def print_cpu_table(results: list[LevelResult]) -> None:
+    """Server CPU milliseconds per request, in total and by stage."""
+    stages = sorted({stage for level in results for stage in level.stage_cpu_s})
+    print("\nServer CPU per request (ms):\n")
+    print("| clients | total | " + " | ".join(stages) + " | other |")
+    print("|---:|---:|" + "---:|" * (len(stages) + 1))
+    for level in results:
+        requests = sum(level.statuses.values()) or 1
+        per = {stage: 1000 * level.stage_cpu_s.get(stage, 0.0) / requests for stage in stages}
+        total = 1000 * level.cpu_s / requests
+        cells = " | ".join(f"{per[stage]:.3f}" for stage in stages)
+        print(f"| {level.concurrency} | {total:.3f} | {cells} | {total - sum(per.values()):.3f} |", flush=True)
 
 
 def main() -> None:
@@ -290,14 +343,17 @@ def main() -> None:
         )
         print("| clients | img/s | p50 ms | p99 ms | mean batch | vs raw | answers |")
         print("|---:|---:|---:|---:|---:|---:|---|")
+        results = []
         for concurrency in levels:
             level = run_level(server, args, concurrency, bodies)
+            results.append(level)
             answers = ", ".join(f"{status}: {count}" for status, count in sorted(level.statuses.items()))
             print(
                 f"| {concurrency} | {level.throughput:.1f} | {level.percentile(50):.1f} | {level.percentile(99):.1f} "
                 f"| {level.mean_batch:.2f} | {level.throughput / raw:.0%} | {answers} |",
                 flush=True,
             )
+        print_cpu_table(results)
     finally:
         server.stop()
     print(f"\nserver log: {server.log.name}")

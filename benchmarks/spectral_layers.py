@@ -25,15 +25,14 @@ import argparse
 import contextlib
 import copy
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from export_speed import _cpu_name as cpu_name
 from torch import nn
 from twins import spatial_twin
 
@@ -144,14 +143,6 @@ def exported_model(arch: str, size: int, tune: bool, batch: int) -> tuple[nn.Mod
     for choice in choices:
         counts[choice.lowering] = counts.get(choice.lowering, 0) + 1
     return lowered, model, ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import warnings
 from pathlib import Path
@@ -13,19 +12,11 @@ import onnx
 import torch
 from torch import nn
 
+from niff_contract import INPUT_NAME, OUTPUT_NAME
 from niff_export.errors import ExportError
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # The ONNX DFT op exists from opset 20; the matmul lowering only needs long-standing ops.
 DEFAULT_OPSET = {"matmul": 18, "dft": 20}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from niff_contract import ContractError, parse_labels
 from niff_export.errors import ExportError
 
 IMAGENET_CLASSES = 1000
@@ -20,12 +21,11 @@ def imagenet_labels() -> list[str]:
 
 
 def read_labels(path: str | Path) -> list[str]:
-    """One label per non-empty line."""
+    """One label per line (the rule niff-serve reads labels.txt by)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return list(parse_labels(Path(path).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ContractError) as exc:
         raise ExportError(f"cannot read the labels file {path}: {exc}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def resolve_labels(num_classes: int, given: list[str] | tuple[str, ...] | None) -> list[str]:

@@ -15,36 +15,19 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from niff_export.artifacts import INPUT_NAME, write_onnx
+from niff_contract import INPUT_NAME, SpectralLayer, TuningRecord
+from niff_export.artifacts import write_onnx
 from niff_export.lowering import default_layer_lowering, lower_layer, spectral_layers
 from niff_export.precision import in_precision
 from niff_export.spectral import FixedSpectrum, SpectralMix
 
 # TorchScript's profiling executor specialises a graph during its first two runs.
 ROUNDS, RUNS_PER_ROUND, WARMUP_RUNS = 5, 3, 3
-
-
-@dataclass(frozen=True)
-class LayerChoice:
-    """The lowering one spectral layer got, and the timings it was chosen by (empty: the default table)."""
-
-    layer: str
-    kind: str
-    map: int
-    channels: int
-    out_channels: int
-    lowering: str
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def candidates(fmt: str, lowering: str) -> tuple[str, ...]:
@@ -63,17 +46,25 @@ def _signature(layer: FixedSpectrum) -> tuple[str, int, int, int]:
     return ("depthwise", layer.size, int(shape[0]), int(shape[0]))
 
 
-def _choice(name: str, layer: FixedSpectrum, lowering: str, timings: dict[str, float]) -> LayerChoice:
+def _record(name: str, layer: FixedSpectrum, lowering: str, timings: dict[str, float]) -> SpectralLayer:
     kind, size, channels, out_channels = _signature(layer)
-    return LayerChoice(name, kind, size, channels, out_channels, lowering, timings)
+    return SpectralLayer(
+        layer=name,
+        kind=kind,
+        map_size=size,
+        channels=channels,
+        out_channels=out_channels,
+        lowering=lowering,
+        timings_ms=timings,
+    )
 
 
-def default_choices(model: nn.Module, lowering: str) -> list[LayerChoice]:
+def default_choices(model: nn.Module, lowering: str) -> list[SpectralLayer]:
     """Every spectral layer with the default table's lowering for the ``--fft`` family ``lowering``."""
-    return [_choice(name, layer, default_layer_lowering(layer, lowering), {}) for name, layer in spectral_layers(model)]
+    return [_record(name, layer, default_layer_lowering(layer, lowering), {}) for name, layer in spectral_layers(model)]
 
 
-def tune_layers(model: nn.Module, fmt: str, lowering: str, *, batch: int, fp16: bool = False) -> list[LayerChoice]:
+def tune_layers(model: nn.Module, fmt: str, lowering: str, *, batch: int, fp16: bool = False) -> list[SpectralLayer]:
     """Every spectral layer with the fastest of its candidates, timed once per distinct layer shape."""
     options = candidates(fmt, lowering)
     measured: dict[tuple[str, int, int, int], dict[str, float]] = {}
@@ -84,8 +75,25 @@ def tune_layers(model: nn.Module, fmt: str, lowering: str, *, batch: int, fp16: 
             measured[signature] = _time_candidates(layer, options, fmt, batch, fp16) if len(options) > 1 else {}
         timings = measured[signature]
         best = min(timings, key=timings.__getitem__) if timings else options[0]
-        choices.append(_choice(name, layer, best, timings))
+        choices.append(_record(name, layer, best, timings))
     return choices
+
+
+def tuning_record(fmt: str, batch: int) -> TuningRecord:
+    """Where ``tune_layers`` times an artifact of ``fmt``: its runtime and device, and the batch."""
+    runtime = f"onnxruntime {_onnx_providers()[0]}" if fmt == "onnx" else f"torchscript {_torch_device().type}"
+    return TuningRecord(runtime=runtime, batch=batch)
+
+
+def _onnx_providers() -> list[str]:
+    import onnxruntime as ort
+
+    gpu = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+
+
+def _torch_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _time_candidates(
@@ -126,15 +134,13 @@ def _onnx_runner(module: nn.Module, example: torch.Tensor, path: Path) -> Callab
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    gpu = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    session = ort.InferenceSession(str(path), options, providers=_onnx_providers())
     feed = {INPUT_NAME: example.numpy()}
     return lambda: session.run(None, feed)
 
 
 def _torchscript_runner(module: nn.Module, example: torch.Tensor) -> Callable[[], object]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _torch_device()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(module).to(device)

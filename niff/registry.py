@@ -1,44 +1,19 @@
 """The model zoo: every architecture by name, with its default preprocessing and class count.
 
-Like timm, the preprocessing an architecture expects travels with it as data (``Preprocessing``), so
-export and serving can read it instead of hard-coding ImageNet settings.
+Like timm, the preprocessing an architecture expects travels with it as data (``Preprocessing``, the
+model-folder contract's record), so export and serving read it instead of hard-coding ImageNet settings.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes the model's input: resize the short side, center-crop, scale to [0,1], normalize."""
-
-    input_size: int = 224
-    crop_pct: float = 0.875
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    @property
-    def resize(self) -> int:
-        """Short-side length before the center crop (timm's ``floor(input_size / crop_pct)``)."""
-        return math.floor(self.input_size / self.crop_pct)
-
-    def with_size(self, input_size: int) -> Preprocessing:
-        """The same recipe at another input size (the crop ratio is kept)."""
-        return Preprocessing(input_size, self.crop_pct, self.mean, self.std, self.interpolation)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "resize": self.resize}
+from niff_contract import Preprocessing
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from niff_serve.errors import ConfigurationError, ServiceError, describe_errors
+from niff_contract import ContractError, describe_errors
+from niff_serve.errors import ServiceError
 from niff_serve.middleware import RequestContextMiddleware
 from niff_serve.routes import docs, health, v1, v2
 from niff_serve.runtime import ServiceState
@@ -44,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             await state.start()
         except Exception as exc:
-            state.startup_error = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
+            state.startup_error = str(exc) if isinstance(exc, ContractError) else f"{type(exc).__name__}: {exc}"
             logger.error("start-up failed: %s", state.startup_error)
             raise
         yield
@@ -63,9 +64,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for module in (v1, v2, health, docs):
+    for router in (v1.hot_router, v1.router, v2.hot_router, v2.router, health.router, docs.router):
         # The routes themselves rather than include_router's lazy wrapper, so `app.routes` lists every path.
-        app.router.routes.extend(module.router.routes)
+        app.router.routes.extend(router.routes)
     return app
 
 

@@ -73,7 +73,7 @@ class Slot:
         """Queue ``inputs`` (``rows`` images) and wait for their logits within ``deadline``."""
         if inputs.shape[0] != self.rows:
             raise ValueError(f"slot holds {self.rows} rows, got {inputs.shape[0]}")
-        return await self._batcher._submit(self, inputs, deadline)
+        return await self._batcher.submit(self, inputs, deadline)
 
 
 class DynamicBatcher:
@@ -88,7 +88,7 @@ class DynamicBatcher:
     ) -> None:
         self._run_backend = run
         self.max_batch_size = max_batch_size
-        self._max_delay_s = max_delay_s
+        self.max_delay_s = max_delay_s
         self._max_queue_size = max_queue_size
         self._metrics = metrics
         self._queue: deque[_Pending] = deque()
@@ -110,6 +110,13 @@ class DynamicBatcher:
             await self._task
         self._executor.shutdown(wait=True)
 
+    def _timed_backend(self, inputs: np.ndarray) -> np.ndarray:
+        started = time.thread_time()
+        try:
+            return self._run_backend(inputs)
+        finally:
+            self._metrics.count_cpu("inference", time.thread_time() - started)
+
     def admit(self, rows: int) -> Slot:
         """Reserve room for ``rows`` images or fail now: 400 (too many for one batch) or 503."""
         if rows > self.max_batch_size:
@@ -129,7 +136,8 @@ class DynamicBatcher:
         if self._closing:
             self._wakeup.set()
 
-    async def _submit(self, slot: Slot, inputs: np.ndarray, deadline: Deadline) -> BatchResult:
+    async def submit(self, slot: Slot, inputs: np.ndarray, deadline: Deadline) -> BatchResult:
+        """Queue ``inputs`` under ``slot`` (from :meth:`admit`) and wait for their share of a batch."""
         pending = _Pending(slot, inputs, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._queued_rows += pending.rows
@@ -168,7 +176,7 @@ class DynamicBatcher:
     async def _wait_for_fill(self) -> None:
         """Return once the queue holds a full batch, its oldest request is due, or we are closing."""
         while self._queue and self._queued_rows < self.max_batch_size and not self._closing:
-            due = self._queue[0].enqueued_at + self._max_delay_s - time.monotonic()
+            due = self._queue[0].enqueued_at + self.max_delay_s - time.monotonic()
             if due <= 0:
                 return
             self._wakeup.clear()
@@ -194,7 +202,7 @@ class DynamicBatcher:
         for pending in batch:
             self._metrics.queue_wait_seconds.observe(started - pending.enqueued_at)
         try:
-            logits = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_backend, inputs)
+            logits = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_backend, inputs)
             if logits.shape[0] != inputs.shape[0]:
                 raise RuntimeError(f"backend returned {logits.shape[0]} rows for {inputs.shape[0]} inputs")
         except Exception as exc:  # a failing backend fails this batch only; the loop keeps serving

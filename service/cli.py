@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -20,14 +22,15 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from niff_contract import ContractError, describe_errors, scan_repository
 from niff_serve.app import create_app
 from niff_serve.backends import choose_backend
-from niff_serve.errors import ConfigurationError, describe_errors
+from niff_serve.connections import ConnectionLimits, limited_protocol, raise_open_file_limit
 from niff_serve.logs import configure_logging
-from niff_serve.repository import scan_repository
 from niff_serve.runtime import ServiceState
 from niff_serve.settings import Settings, env_name
 from niff_serve.version import __version__
+from niff_serve.workers import supervise, worker_count
 
 PROG = "niff-serve"
 logger = logging.getLogger(__name__)
@@ -85,13 +88,25 @@ class DrainingServer(uvicorn.Server):
 
     On SIGTERM readiness turns false at once and the server keeps serving for ``delay_s`` (so load
     balancers stop routing to it); then it stops accepting connections and finishes the requests in
-    flight. A second signal skips the rest of the delay.
+    flight. A second signal skips the rest of the delay. ``ready_fd``, when given, gets one byte once
+    the server accepts connections (how a worker tells its supervisor that its models loaded).
     """
 
-    def __init__(self, config: uvicorn.Config, state: ServiceState, delay_s: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, state: ServiceState, delay_s: float, ready_fd: int | None = None
+    ) -> None:
         super().__init__(config)
         self._state = state
         self._delay_s = delay_s
+        self._ready_fd = ready_fd
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self._ready_fd is not None:
+            if not self.should_exit:
+                os.write(self._ready_fd, b"1")
+            os.close(self._ready_fd)
+            self._ready_fd = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         stop = super().handle_exit
@@ -114,26 +129,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The ``niff-serve`` console script: check everything that can be checked cheaply, then serve."""
     settings = load_settings(argv)
     try:
-        for folder in scan_repository(settings.model_repository):
-            choose_backend(folder, settings)
-    except ConfigurationError as exc:
+        devices = {choose_backend(folder, settings)[1] for folder in scan_repository(settings.model_repository)}
+    except ContractError as exc:
         fail(str(exc))
     configure_logging(settings.log_level)
+    workers = worker_count(settings, "cuda" if "cuda" in devices else "cpu")
+    if workers == 1:
+        serve(settings)
+        return
+    status = supervise(settings, workers)
+    if status:
+        raise SystemExit(status)
+
+
+def serve(settings: Settings, sockets: list[socket.socket] | None = None, ready_fd: int | None = None) -> None:
+    """Serve in this process, on ``sockets`` when given (a worker), else on the configured address."""
     app = create_app(settings)
     state: ServiceState = app.state.service
+    limits = ConnectionLimits(settings.max_header_bytes, settings.header_timeout_s, settings.max_connections)
+    raise_open_file_limit(settings.max_connections)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=limited_protocol(limits),
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
         log_config=None,
         access_log=False,
         lifespan="on",
         # Every request ends by its deadline, so in-flight work is done by then.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 2,
     )
-    server = DrainingServer(config, state, settings.shutdown_delay_s)
+    server = DrainingServer(config, state, settings.shutdown_delay_s, ready_fd)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except SystemExit:
         if state.startup_error is not None:
             fail(f"start-up failed: {state.startup_error}", status=1)

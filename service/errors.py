@@ -1,9 +1,8 @@
-"""Errors that become HTTP answers, and the one place that words pydantic validation errors."""
+"""Errors that become HTTP answers, and the start-up error."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from niff_contract import ContractError
 
 
 class ServiceError(Exception):
@@ -46,6 +45,12 @@ class UnsupportedMediaType(ServiceError):
     status_code = 415
 
 
+class UnprocessableContent(ServiceError):
+    """Well-formed, but outside what this server processes (an image of an extreme aspect ratio)."""
+
+    status_code = 422
+
+
 class ClientClosedRequest(ServiceError):
     """The client went away; nobody reads this answer, the status only labels logs and metrics."""
 
@@ -73,16 +78,8 @@ class DeadlineExceeded(ServiceError):
     status_code = 504
 
 
-class ConfigurationError(Exception):
-    """Settings or a model folder that cannot be served; stops start-up with this message."""
+class ConfigurationError(ContractError):
+    """Settings or a model folder that cannot be served; stops start-up with this message.
 
-
-def describe_errors(errors: Iterable[Mapping[str, Any]], name_of: Callable[[str], str] = str) -> str:
-    """Pydantic-style error dicts as ``location: message; ...``; ``name_of`` renames the top-level field."""
-    lines = []
-    for item in errors:
-        loc = [str(part) for part in item["loc"]]
-        where = ".".join([name_of(loc[0]), *loc[1:]]) if loc else ""
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {message}" if where else message)
-    return "; ".join(lines)
+    Problems the model-folder contract finds are ContractErrors; start-up handles both as one.
+    """

@@ -8,6 +8,11 @@ import sys
 from contextvars import ContextVar
 from datetime import datetime, timezone
 
+from niff_contract import ContractError
+from niff_serve.errors import ConfigurationError
+
+# uvicorn prints the lifespan's exception as a traceback; these are the start-up errors the app words itself.
+_STARTUP_ERRORS = tuple(f"{c.__module__}.{c.__qualname__}:" for c in (ContractError, ConfigurationError))
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
@@ -32,13 +37,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def _not_an_expected_startup_traceback(record: logging.LogRecord) -> bool:
-    """Drop uvicorn's traceback of a start-up ConfigurationError: the app already logged it in one line."""
+    """Drop uvicorn's traceback of a start-up error: the app already logged it in one line."""
     message = str(record.msg)
-    return not (message.startswith("Traceback") and "niff_serve.errors.ConfigurationError" in message)
+    return not (message.startswith("Traceback") and any(name in message for name in _STARTUP_ERRORS))
 
 
 def configure_logging(level: str) -> None:
-    """Route every logger (uvicorn's too) through one JSON handler on stdout."""
+    """Route every logger (uvicorn's too) and Python's warnings through one JSON handler on stdout."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(_not_an_expected_startup_traceback)
@@ -49,3 +54,5 @@ def configure_logging(level: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers = []
         logger.propagate = True
+    # Warnings (Pillow's DecompressionBombWarning, deprecations) would otherwise go to stderr as plain text.
+    logging.captureWarnings(True)

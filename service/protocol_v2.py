@@ -13,20 +13,25 @@ import base64
 import binascii
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from niff_serve.errors import BadRequest, describe_errors
-from niff_serve.postprocessing import softmax
-from niff_serve.request_body import Upload
+from niff_contract import describe_errors
+from niff_serve.dataplane import InferenceRequest, InferenceResult
+from niff_serve.errors import BadRequest, PayloadTooLarge
+from niff_serve.json_tensors import parse_cost, placeholder_index, split_numeric_arrays
+from niff_serve.request_body import Upload, parse_length
 
 TENSOR_INPUT = "input"
 IMAGE_INPUT = "image"
 OUTPUTS = ("logits", "probabilities")
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# The longest per-request timeout honoured; the server's own request deadline caps it anyway.
+_MAX_TIMEOUT_US = 10**12
 
 
 class TensorMetadata(BaseModel):
@@ -39,6 +44,11 @@ class ServerMetadata(BaseModel):
     name: str
     version: str
     extensions: list[str]
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
 
 
 class ModelMetadata(BaseModel):
@@ -54,7 +64,8 @@ class RequestInput(BaseModel):
     shape: list[int] = Field(min_length=1, max_length=8)
     datatype: str
     parameters: dict[str, Any] = Field(default_factory=dict)
-    data: list[Any] | None = None
+    # A str only as the placeholder of a numeric array cut out before parsing (json_tensors).
+    data: list[Any] | str | None = None
 
 
 class RequestOutput(BaseModel):
@@ -94,11 +105,10 @@ class TensorShape:
 
 @dataclass(frozen=True)
 class DecodedRequest:
-    id: str | None
-    tensor: np.ndarray | None
-    images: list[Upload] | None
+    """The protocol-independent request, and which outputs go back how (name: as binary data)."""
+
+    inference: InferenceRequest
     outputs: dict[str, bool]
-    timeout_s: float | None
 
 
 def model_metadata(name: str, version: str, platform: str, shape: TensorShape) -> ModelMetadata:
@@ -114,35 +124,61 @@ def model_metadata(name: str, version: str, platform: str, shape: TensorShape) -
     )
 
 
-def decode_request(body: bytes, header_length: str | None, shape: TensorShape) -> DecodedRequest:
-    """Validate an infer request against the model; every problem is a 400 saying what is wrong."""
+def decode_request(
+    body: bytes,
+    header_length: str | None,
+    model: str,
+    shape: TensorShape,
+    max_json_bytes: int,
+    claim: Callable[[int], None],
+) -> DecodedRequest:
+    """Validate an infer request against the model; every problem is a 400 saying what is wrong.
+
+    The JSON part may be at most ``max_json_bytes``; what parsing it may cost beyond its numeric arrays
+    is claimed through ``claim`` first (the request's memory budget).
+    """
     header, binary = _split(body, header_length)
+    if len(header) > max_json_bytes:
+        raise PayloadTooLarge(
+            f"the JSON part of the request is {len(header)} bytes; the limit is {max_json_bytes} "
+            "(send large tensors with the binary data extension)"
+        )
+    split = split_numeric_arrays(header)
+    claim(parse_cost(split.remainder))
     try:
-        request = InferRequest.model_validate_json(header)
+        request = InferRequest.model_validate_json(split.remainder)
     except ValidationError as exc:
         raise BadRequest(f"invalid inference request: {describe_errors(exc.errors())}") from None
     if len(request.inputs) != 1:
         raise BadRequest(f"give exactly one input ({TENSOR_INPUT!r} or {IMAGE_INPUT!r}), not {len(request.inputs)}")
     item = request.inputs[0]
     raw = _binary_part(item, binary)
+    numeric = None if raw is not None else placeholder_index(item.data, split)
+    if isinstance(item.data, str) and numeric is None:
+        raise BadRequest(f"input {item.name!r}: 'data' must be an array")
     if item.name == TENSOR_INPUT:
-        tensor, images = _decode_tensor(item, raw, shape), None
+        numbers = None if numeric is None else split.numbers(numeric)
+        tensor, images = _decode_tensor(item, raw, numbers, shape), None
     elif item.name == IMAGE_INPUT:
+        if numeric is not None:
+            raise BadRequest(f"input {IMAGE_INPUT!r}: 'data' must hold base64 strings, not numbers")
         tensor, images = None, _decode_images(item, raw)
     else:
         raise BadRequest(
             f"unknown input {item.name!r}: send {TENSOR_INPUT!r} (FP32 [N, 3, {shape.size}, {shape.size}]) "
             f"or {IMAGE_INPUT!r} (BYTES [N], encoded images)"
         )
-    return DecodedRequest(request.id, tensor, images, _requested_outputs(request), _timeout_s(request))
+    inference = InferenceRequest(model, tensor, images, id=request.id, timeout_s=_timeout_s(request))
+    return DecodedRequest(inference, _requested_outputs(request))
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+    length = parse_length(header_length)
+    if length is None or not 0 < length <= len(body):
         raise BadRequest(f"{HEADER_LENGTH} {header_length!r} does not fit the {len(body)}-byte body")
-    return body[: int(header_length)], body[int(header_length) :]
+    return body[:length], body[length:]
 
 
 def _binary_part(item: RequestInput, binary: bytes) -> bytes | None:
@@ -160,7 +196,8 @@ def _binary_part(item: RequestInput, binary: bytes) -> bytes | None:
     return binary
 
 
-def _decode_tensor(item: RequestInput, raw: bytes | None, shape: TensorShape) -> np.ndarray:
+def _decode_tensor(item: RequestInput, raw: bytes | None, numbers: np.ndarray | None, shape: TensorShape) -> np.ndarray:
+    """From binary data (``raw``), or from the numeric JSON array cut out of the request (``numbers``)."""
     expected = [3, shape.size, shape.size]
     if item.datatype != "FP32":
         raise BadRequest(f"input {TENSOR_INPUT!r} must be FP32, not {item.datatype}")
@@ -174,10 +211,9 @@ def _decode_tensor(item: RequestInput, raw: bytes | None, shape: TensorShape) ->
             raise BadRequest(f"input {TENSOR_INPUT!r}: {len(raw)} bytes for shape {item.shape} ({count * 4} expected)")
         tensor = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     else:
-        try:
-            tensor = np.asarray(item.data, dtype=np.float32).ravel()
-        except (ValueError, TypeError):
-            raise BadRequest(f"input {TENSOR_INPUT!r}: data must be numbers (flat or nested lists)") from None
+        tensor = numbers
+        if tensor is None:
+            raise BadRequest(f"input {TENSOR_INPUT!r}: data must be numbers (flat or nested arrays)")
         if tensor.size != count:
             raise BadRequest(f"input {TENSOR_INPUT!r}: {tensor.size} values for shape {item.shape} ({count} expected)")
     if not np.isfinite(tensor).all():
@@ -250,18 +286,16 @@ def _timeout_s(request: InferRequest) -> float | None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise BadRequest("parameter 'timeout' must be a positive number of microseconds")
-    return value / 1e6
+    return min(value, _MAX_TIMEOUT_US) / 1e6
 
 
-def encode_response(
-    model_name: str, model_version: str, request: DecodedRequest, logits: np.ndarray
-) -> tuple[bytes, dict[str, str]]:
-    """The body and headers answering ``request``: plain JSON, or JSON followed by binary tensors."""
-    tensors = {"logits": logits.astype("<f4")}
-    if "probabilities" in request.outputs:
-        tensors["probabilities"] = softmax(logits).astype("<f4")
+def encode_response(result: InferenceResult, requested: dict[str, bool]) -> tuple[bytes, dict[str, str]]:
+    """The body and headers answering a request: plain JSON, or JSON followed by binary tensors."""
+    tensors = {"logits": result.logits.astype("<f4")}
+    if "probabilities" in requested:
+        tensors["probabilities"] = result.probabilities.astype("<f4")
     outputs, raw_parts = [], []
-    for name, binary in request.outputs.items():
+    for name, binary in requested.items():
         array = np.ascontiguousarray(tensors[name])
         output = ResponseOutput(name=name, datatype="FP32", shape=list(array.shape))
         if binary:
@@ -270,7 +304,7 @@ def encode_response(
         else:
             output.data = array.ravel().tolist()
         outputs.append(output)
-    response = InferResponse(model_name=model_name, model_version=model_version, id=request.id, outputs=outputs)
+    response = InferResponse(model_name=result.model, model_version=result.version, id=result.id, outputs=outputs)
     header = response.model_dump_json(exclude_none=True).encode()
     if not raw_parts:
         return header, {"Content-Type": "application/json"}

@@ -1,8 +1,11 @@
-"""Reading request bodies within the size and time limits, and finding the images in them."""
+"""Reading request bodies within the size, time and memory limits, and finding the images in them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import contextlib
+import re
+import threading
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
@@ -16,8 +19,62 @@ from niff_serve.errors import (
     DeadlineExceeded,
     PayloadTooLarge,
     RequestTimeout,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
+
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+
+
+def parse_length(text: str | None) -> int | None:
+    """A byte count sent in a header: ASCII digits only (``str.isdigit`` also accepts '²')."""
+    return int(text) if text is not None and _DECIMAL.fullmatch(text) else None
+
+
+class BodyBudget:
+    """Bytes of request bodies (and what parsing them costs) held in memory, by all requests together.
+
+    A request claims its declared length before a byte is read, or chunk by chunk when the length is
+    not declared, and returns everything when it ends; a claim beyond the budget is a 503 with
+    Retry-After, so concurrent large uploads queue at the client instead of in this process. Claims
+    come from the event loop and from parsing threads, hence the lock.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def share(self) -> Iterator[BodyShare]:
+        """One request's share, returned when the block ends however it ends."""
+        share = BodyShare(self)
+        try:
+            yield share
+        finally:
+            with self._lock:
+                self.used -= share.size
+
+    def _claim(self, size: int) -> None:
+        with self._lock:
+            if self.used + size > self.capacity:
+                raise ServiceUnavailable(
+                    f"the server holds {self.used} bytes of request bodies and this request needs {size} more "
+                    f"(budget {self.capacity}); retry shortly"
+                )
+            self.used += size
+
+
+class BodyShare:
+    """What one request holds of a :class:`BodyBudget`."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.size = 0
+
+    def claim(self, size: int) -> None:
+        self._budget._claim(size)
+        self.size += size
 
 
 @dataclass(frozen=True)
@@ -28,16 +85,21 @@ class Upload:
     filename: str | None = None
 
 
-async def read_body(request: Request, limit: int, deadline: Deadline) -> bytes:
-    """The whole body, refusing it (413) as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(request: Request, limit: int, deadline: Deadline, share: BodyShare) -> bytes:
+    """The whole body, refusing it (413) as soon as it is known to exceed ``limit`` bytes.
+
+    Its bytes are claimed from ``share`` before they are read (503 when the server holds too much).
+    """
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = parse_length(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    if declared is not None:
+        share.claim(declared)
     try:
-        body = await deadline.wait(_read_limited(request, limit), "upload")
+        body = await deadline.wait(_read_limited(request, limit, None if declared is not None else share), "upload")
     except DeadlineExceeded:
         raise RequestTimeout("the request body did not arrive before the request deadline") from None
     except ClientDisconnect:
@@ -47,13 +109,16 @@ async def read_body(request: Request, limit: int, deadline: Deadline) -> bytes:
     return body
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_limited(request: Request, limit: int, share: BodyShare | None) -> bytes:
+    """The body's chunks, claimed one by one from ``share`` when its length was not declared."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+        if share is not None:
+            share.claim(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -26,6 +26,7 @@ class ModelSummary(BaseModel):
     backend: str
     device: str
     max_batch_size: int = Field(description="Most images per request and per batch on this server.")
+    max_batch_delay_ms: float = Field(description="Longest wait for a fuller batch once a request is queued.")
     ready: bool
 
 

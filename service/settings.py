@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from niff_contract import ImageLimits
+
 ENV_PREFIX = "NIFF_"
 
 Backend = Literal["auto", "onnxruntime", "torchscript"]
@@ -29,9 +31,17 @@ class Settings(BaseSettings):
     model_repository: Path = Field(description="Folder with one sub-folder per model (see docs/model-repository.md).")
     backend: Backend = Field("auto", description="Runtime: auto picks ONNX Runtime unless only TorchScript fits.")
     device: Device = Field("auto", description="auto uses a GPU when the chosen runtime can reach one.")
-    max_batch_size: int = Field(16, ge=1, le=4096, description="Most images merged into one inference.")
-    max_batch_delay_ms: float = Field(
-        5.0, ge=0, le=60_000, description="Longest wait for more requests once the first one is queued."
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Most images merged into one inference, for every model (default: each model's config.pbtxt).",
+    )
+    max_batch_delay_ms: float | None = Field(
+        None,
+        ge=0,
+        le=60_000,
+        description="Longest wait for more requests once the first is queued (default: each model's config.pbtxt).",
     )
     max_queue_size: int = Field(
         256, ge=1, description="Most images admitted per model and not yet in a batch; beyond it requests get 503."
@@ -40,6 +50,37 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Largest request body accepted (413 above).")
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image (width × height) accepted; guards decompression bombs."
+    )
+    max_image_aspect_ratio: float = Field(
+        20.0,
+        ge=1,
+        le=10_000,
+        description="Longest side over shortest side accepted (422 above); bounds the resize before the center crop.",
+    )
+    max_json_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="Largest v2 request sent as plain JSON (413 above); binary tensors have only the upload limit.",
+    )
+    max_body_memory_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Request bodies held in memory at once, all requests together; beyond it: 503 with Retry-After.",
+    )
+    keep_alive_timeout_s: float = Field(
+        75.0,
+        gt=0,
+        le=3600,
+        description="Idle time before the server closes a keep-alive connection; keep it above your load balancer's.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Time a client has to send a request's headers (new connections included)."
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request line plus headers (431 above)."
+    )
+    max_connections: int = Field(
+        4096, ge=1, description="Open client connections at once; beyond it new ones get 503 and are closed."
     )
     api_key: SecretStr | None = Field(
         None, description="When set, model endpoints need 'Authorization: Bearer <key>'. Prefer the env variable."
@@ -53,7 +94,18 @@ class Settings(BaseSettings):
         le=256,
         description="Threads decoding and resizing images (default: CPU count, at most 4).",
     )
-    backend_threads: int = Field(0, ge=0, le=256, description="CPU threads per inference (0: the runtime's default).")
+    backend_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="CPU threads per inference (0: the runtime's default, or the CPUs divided among the workers).",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port (default: one per CPU up to 4; one when a model uses a GPU).",
+    )
     shutdown_delay_s: float = Field(
         0.0, ge=0, le=600, description="After SIGTERM, keep serving this long while reporting not-ready, then drain."
     )
@@ -69,12 +121,21 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @model_validator(mode="after")
-    def _queue_holds_a_batch(self) -> Settings:
-        if self.max_queue_size < self.max_batch_size:
+    def _limits_are_consistent(self) -> Settings:
+        if self.max_batch_size is not None and self.max_queue_size < self.max_batch_size:
             raise ValueError(
                 f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
             )
+        if self.max_body_memory_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"max_body_memory_bytes ({self.max_body_memory_bytes}) must be at least "
+                f"max_upload_bytes ({self.max_upload_bytes})"
+            )
         return self
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_pixels, self.max_image_aspect_ratio)
 
 
 def env_name(field: str) -> str:

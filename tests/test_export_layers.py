@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from reference_vectors import MISSING_REASON, available, layer_for, relative_error, vectors
+from reference_vectors import layer_for, relative_error, vectors
 
 from niff.layers import FreqConv1x1, FreqConvDW, split_conv
 from niff_export import bake, lower
@@ -39,7 +39,6 @@ def _loaded(golden):
     return layer.eval(), data
 
 
-@pytest.mark.skipif(not available(), reason=MISSING_REASON)
 @pytest.mark.parametrize("choice", LAYER_LOWERINGS)
 @pytest.mark.parametrize("golden", GOLDEN_LAYERS, ids=lambda g: g.file)
 def test_baked_layer_matches_reference(golden, choice):
@@ -51,7 +50,6 @@ def test_baked_layer_matches_reference(golden, choice):
     assert relative_error(out, data["output"]) <= 1e-5
 
 
-@pytest.mark.skipif(not available(), reason=MISSING_REASON)
 @pytest.mark.parametrize("choice", MATMUL_LOWERINGS)
 @pytest.mark.parametrize("golden", [g for g in GOLDEN_LAYERS if g.meta["C"] == 16], ids=lambda g: g.file)
 def test_onnx_layer_matches_reference(golden, choice, tmp_path):

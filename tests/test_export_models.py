@@ -13,11 +13,12 @@ import onnxruntime as ort
 import pytest
 import torch
 from model_helpers import zoo_model
-from reference_vectors import MISSING_REASON, REFERENCE_DIR, available, relative_error
+from reference_vectors import relative_error, vectors
 
 import niff
-from niff_export import bake, export_checkpoint, export_model, lower
-from niff_export.artifacts import sha256, write_onnx
+from niff_contract import parse_config, sha256_file
+from niff_export import FORMATS, bake, export_checkpoint, export_model, lower, lowering_for
+from niff_export.artifacts import write_onnx
 from niff_export.lowering import KRONECKER_MAX_SIZE, MATMUL_LOWERINGS, spectral_layers
 
 SMALL = 32
@@ -66,19 +67,10 @@ def test_full_size_export(name, tmp_path):
     assert np.array_equal(out.argmax(1), reference.argmax(1).numpy())
 
 
-@pytest.mark.skipif(not available(), reason=MISSING_REASON)
-@pytest.mark.parametrize(
-    "file",
-    [
-        "resnet18_split__c10_s32.pt",
-        "mobilenet_v2__c10_s32.pt",
-        "convnext_narrow__c10_s32.pt",
-        "densenet_narrow_split__c10_s32.pt",
-    ],
-)
-def test_reference_models_exported_match_reference_outputs(file, tmp_path):
-    data = torch.load(REFERENCE_DIR / file, weights_only=True)
-    checkpoint = tmp_path / file
+@pytest.mark.parametrize("golden", [g for g in vectors() if not g.is_layer], ids=lambda g: g.file)
+def test_reference_models_exported_match_reference_outputs(golden, tmp_path):
+    data = golden.load()
+    checkpoint = tmp_path / golden.file
     torch.save({"model": data["state_dict"]}, checkpoint)
     result = export_checkpoint(checkpoint, 32, tmp_path / "repo")
     onnx_out = torch.from_numpy(_onnx(result.path).run(None, {"input": data["input"].numpy()})[0])
@@ -86,7 +78,7 @@ def test_reference_models_exported_match_reference_outputs(file, tmp_path):
     for out in (onnx_out, script_out):
         assert relative_error(out, data["output"]) <= 1e-4
         assert torch.equal(out.argmax(1), data["output"].argmax(1))
-    assert result.metadata["checkpoint"]["sha256"] == sha256(checkpoint)
+    assert result.manifest.checkpoint.sha256 == sha256_file(checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -95,19 +87,21 @@ def small_model():
 
 
 def test_every_lowering(small_model, tmp_path):
+    # --fft torch and --fft dft name the same artifacts (ONNX DFT ops, torch.fft in TorchScript): one export.
+    assert {fmt: lowering_for(fmt, "torch") for fmt in FORMATS} == {fmt: lowering_for(fmt, "dft") for fmt in FORMATS}
     ops = {}
-    for fft in ("matmul", "dft", "torch"):
+    for fft in ("matmul", "dft"):
         result = export_model(small_model, SMALL, tmp_path / fft, fft=fft)
         assert result.parity.passed
         graph = onnx.load(str(result.path / "1" / "model.onnx")).graph
         ops[fft] = {node.op_type for node in graph.node}
         script_graph = str(torch.jit.load(str(result.path / "1" / "model.pt")).inlined_graph)
-        artifacts = result.metadata["artifacts"]
+        artifacts = result.manifest.artifacts
         if fft == "matmul":
-            assert artifacts["onnx"]["lowering"] == artifacts["torchscript"]["lowering"] == "matmul"
+            assert artifacts["onnx"].lowering == artifacts["torchscript"].lowering == "matmul"
             assert "fft_" not in script_graph
         else:
-            assert (artifacts["onnx"]["lowering"], artifacts["torchscript"]["lowering"]) == ("dft", "torch")
+            assert (artifacts["onnx"].lowering, artifacts["torchscript"].lowering) == ("dft", "torch")
             assert "aten::fft_rfft2" in script_graph
     assert "DFT" in ops["dft"] and "DFT" not in ops["matmul"] and "MatMul" in ops["matmul"]
 
@@ -135,6 +129,7 @@ def test_tune_times_every_candidate_and_keeps_the_fastest(small_model, tmp_path)
     expected = {"onnx": {"separable", "kronecker"}, "torchscript": {"fft", "separable", "kronecker"}}
     names = [name for name, _ in spectral_layers(bake(small_model, SMALL))]
     for fmt, info in meta["artifacts"].items():
+        assert info["tuning"]["batch"] == 4
         layers = info["spectral_layers"]
         assert [layer["layer"] for layer in layers] == names
         for layer in layers:
@@ -149,7 +144,7 @@ def test_tune_times_every_candidate_and_keeps_the_fastest(small_model, tmp_path)
 def test_fp16_artifacts_keep_float32_interface(small_model, tmp_path):
     result = export_model(small_model, SMALL, tmp_path, fp16=True)
     assert result.parity.passed and result.parity.tolerance == 1e-2
-    assert all(info["fp16"] for info in result.metadata["artifacts"].values())
+    assert all(record.fp16 for record in result.manifest.artifacts.values())
     model = onnx.load(str(result.path / "1" / "model.onnx"))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -190,17 +185,20 @@ def test_repository_files_describe_the_model(small_model, tmp_path):
     assert meta["arch_kwargs"]["block"] == "BasicBlock" and meta["arch_kwargs"]["layers"] == [2, 2, 2, 2]
     assert meta["parity"]["passed"] and meta["parity"]["rows"]
     for info in meta["artifacts"].values():
-        assert info["sha256"] == sha256(result.path / info["path"])
+        assert info["sha256"] == sha256_file(result.path / info["path"])
+        assert info["tuning"] is None
     layers = meta["artifacts"]["onnx"]["spectral_layers"]
     assert len(layers) == len(list(spectral_layers(bake(small_model, SMALL)))) > 0
     for layer in layers:
         assert layer["kind"] == "depthwise" and layer["timings_ms"] == {}
-        assert layer["lowering"] == ("kronecker" if layer["map"] <= KRONECKER_MAX_SIZE else "separable")
+        assert layer["lowering"] == ("kronecker" if layer["map_size"] <= KRONECKER_MAX_SIZE else "separable")
     assert {layer["lowering"] for layer in meta["artifacts"]["torchscript"]["spectral_layers"]} == {"fft"}
     assert {"torch", "onnx", "onnxruntime", "niff"} <= meta["versions"].keys()
     assert (result.path / "labels.txt").read_text().splitlines() == [f"c{i}" for i in range(10)]
-    config = (result.path / "config.pbtxt").read_text()
-    assert 'name: "tiny"' in config and "dims: [ 3, 32, 32 ]" in config and "dims: [ 10 ]" in config
+    config = parse_config((result.path / "config.pbtxt").read_text())
+    assert config.name == "tiny" and list(config.input[0].dims) == [3, 32, 32] and list(config.output[0].dims) == [10]
+    assert list(config.version_policy.specific.versions) == [1] and meta["version"] == 1
+    assert {info["path"].split("/")[0] for info in meta["artifacts"].values()} == {"1"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

@@ -23,7 +23,7 @@ def _folder(package: str) -> Path:
 def test_installed_top_level_names_cannot_collide_with_generic_modules():
     """`export` and `service` are common module names; the installed names carry the project's prefix."""
     top_level = {p.partition(".")[0] for p in SETUPTOOLS["packages"]}
-    assert top_level == {"niff", "niff_export", "niff_serve"}
+    assert top_level == {"niff", "niff_contract", "niff_export", "niff_serve"}
 
 
 def test_every_package_folder_is_installed():

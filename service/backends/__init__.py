@@ -11,16 +11,16 @@ import logging
 
 import numpy as np
 
+from niff_contract import ArtifactKind, ModelFolder
 from niff_serve.backends.base import Backend, BackendKind, DeviceKind
 from niff_serve.errors import ConfigurationError
-from niff_serve.repository import ArtifactKind, ModelFolder
 from niff_serve.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-_ARTIFACT: dict[BackendKind, ArtifactKind] = {"onnxruntime": "onnx", "torchscript": "torchscript"}
+ARTIFACT_OF: dict[BackendKind, ArtifactKind] = {"onnxruntime": "onnx", "torchscript": "torchscript"}
 
-__all__ = ["Backend", "BackendKind", "DeviceKind", "choose_backend", "load_backend", "warm_up"]
+__all__ = ["ARTIFACT_OF", "Backend", "BackendKind", "DeviceKind", "choose_backend", "load_backend", "warm_up"]
 
 
 def _cuda_available(kind: BackendKind) -> bool:
@@ -39,9 +39,9 @@ def choose_backend(folder: ModelFolder, settings: Settings) -> tuple[BackendKind
     """The runtime and device for one model; explicit settings that cannot be met are errors."""
     where = f"model {folder.name!r}"
     candidates: list[BackendKind] = ["onnxruntime", "torchscript"] if settings.backend == "auto" else [settings.backend]
-    present = [kind for kind in candidates if folder.artifact_path(_ARTIFACT[kind]) is not None]
+    present = [kind for kind in candidates if folder.artifact_path(ARTIFACT_OF[kind]) is not None]
     if not present:
-        raise ConfigurationError(f"{where}: has no {_ARTIFACT[candidates[0]]} artifact for backend {candidates[0]}")
+        raise ConfigurationError(f"{where}: has no {ARTIFACT_OF[candidates[0]]} artifact for backend {candidates[0]}")
     if "torchscript" in present and importlib.util.find_spec("torch") is None:
         present.remove("torchscript")
         if not present:
@@ -58,7 +58,7 @@ def choose_backend(folder: ModelFolder, settings: Settings) -> tuple[BackendKind
 def load_backend(folder: ModelFolder, settings: Settings, max_batch_size: int) -> Backend:
     """Load the chosen runtime for ``folder`` after checking the artifact's sha256."""
     kind, device = choose_backend(folder, settings)
-    path = folder.verify_artifact(_ARTIFACT[kind])
+    path = folder.verify_artifact(ARTIFACT_OF[kind])
     manifest = folder.manifest
     try:
         if kind == "onnxruntime":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from deploy_support import (
     ROOT,
     Dockerfile,
-    documented_cpu_image_command,
-    make_dry_run,
     parse_dockerfile,
     settings_class,
 )
@@ -47,6 +43,17 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from niff_contract import (
+        ArtifactRecord,
+        Manifest,
+        Preprocessing,
+        TensorSpec,
+        config_text,
+        labels_text,
+        model_config,
+        sha256_file,
+    )
+
     size, labels = 32, ["red", "green", "blue", "grey"]
     root = tmp_path_factory.mktemp("models")
     folder = root / "tiny"
@@ -67,35 +74,18 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, folder / "1" / "model.onnx")
-    (folder / "labels.txt").write_text("\n".join(labels) + "\n")
-    (folder / "niff.json").write_text(
-        json.dumps(
-            {
-                "format_version": 1,
-                "name": "tiny",
-                "version": 1,
-                "arch": None,
-                "num_classes": len(labels),
-                "input": {"name": "input", "dtype": "float32", "shape": [3, size, size], "layout": "NCHW"},
-                "output": {"name": "logits", "dtype": "float32", "shape": [len(labels)]},
-                "preprocessing": {
-                    "input_size": size,
-                    "resize": size + 4,
-                    "mean": [0.5, 0.5, 0.5],
-                    "std": [0.25, 0.25, 0.25],
-                    "interpolation": "bilinear",
-                },
-                "labels_file": "labels.txt",
-                "max_batch_size": 8,
-                "artifacts": {"onnx": {"path": "1/model.onnx"}},
-            }
-        )
+    manifest = Manifest(
+        name="tiny",
+        num_classes=len(labels),
+        input=TensorSpec(name="input", shape=(3, size, size), layout="NCHW"),
+        output=TensorSpec(name="logits", shape=(len(labels),)),
+        preprocessing=Preprocessing(input_size=size, mean=(0.5,) * 3, std=(0.25,) * 3),
+        max_batch_size=8,
+        artifacts={"onnx": ArtifactRecord(path="1/model.onnx", sha256=sha256_file(folder / "1" / "model.onnx"))},
     )
-    (folder / "config.pbtxt").write_text(
-        'name: "tiny"\nmax_batch_size: 8\n'
-        f'input [ {{ name: "input" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]\n'
-        f'output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {len(labels)} ] }} ]\n'
-    )
+    (folder / "labels.txt").write_text(labels_text(labels))
+    (folder / "niff.json").write_text(manifest.to_json())
+    (folder / "config.pbtxt").write_text(config_text(model_config(manifest)))
     return root
 
 
@@ -107,14 +97,3 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     repository = tmp_path_factory.mktemp("empty-repository")
     return create_app(settings_class()(model_repository=repository, api_key="deploy-test-key"))
-
-
-@pytest.fixture(scope="session")
-def make_image_tags() -> dict[str, str]:
-    """The image name:tag `make image` builds for the GPU default and for the documented CPU build."""
-    tags = {}
-    for variant, args in (("gpu", ["image"]), ("cpu", documented_cpu_image_command())):
-        build = next(line for line in make_dry_run(*args).splitlines() if " build " in line)
-        words = shlex.split(build)
-        tags[variant] = words[words.index("-t") + 1]
-    return tags

@@ -50,7 +50,7 @@ def test_inference_service_uses_our_runtime_with_the_v2_protocol():
     assert service()["metadata"]["namespace"] == runtime()["metadata"]["namespace"]
 
 
-def test_runtime_image_is_the_gpu_image_of_the_k8s_deployment():
+def test_runtime_image_is_the_serving_image_of_the_gpu_deployment():
     deployment = one(variant_docs("gpu"), "Deployment").body
     assert (
         runtime()["spec"]["containers"][0]["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]

@@ -27,14 +27,14 @@ import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
+from polling import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_sample_images
 
 import niff
 import niff_export
+from niff_contract import ImageLimits, Preprocessor, read_model_folder
 from niff_serve.postprocessing import softmax
-from niff_serve.preprocessing import Preprocessor
-from niff_serve.repository import read_model_folder
 
 API_KEY = "test-key-0123456789"
 TINY = "tiny"  # 10 classes, 32x32, ONNX and TorchScript
@@ -50,6 +50,7 @@ def export_test_model(
     labels: list[str],
     formats: tuple[str, ...] = ("onnx", "torchscript"),
     preprocessing: niff.Preprocessing | None = None,
+    version: int = 1,
 ) -> Path:
     """Export a tiny NIFF model (ResNet-18 split, narrow) into ``repository/name`` and return that folder."""
     torch.manual_seed(len(name))
@@ -58,7 +59,7 @@ def export_test_model(
     )
     if preprocessing is not None:
         model.niff_spec = dataclasses.replace(model.niff_spec, preprocessing=preprocessing)
-    return niff_export.export_model(model, size, repository, name, formats=formats, labels=labels).path
+    return niff_export.export_model(model, size, repository, name, formats=formats, labels=labels, version=version).path
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +73,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         size=24,
         labels=["cat", "dog", "bird", "fish"],
         formats=("onnx",),
-        preprocessing=niff.Preprocessing(24, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic"),
+        preprocessing=niff.Preprocessing(
+            input_size=24, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic"
+        ),
     )
     return root
 
@@ -93,7 +96,7 @@ class Reference:
 
     def preprocess(self, model: str, data: bytes) -> np.ndarray:
         folder = read_model_folder(self._repository / model)
-        return Preprocessor(folder.manifest.preprocessing, max_pixels=10**8)(data)
+        return Preprocessor(folder.manifest.preprocessing, ImageLimits(max_pixels=10**8))(data)
 
     def logits(self, model: str, batch: np.ndarray) -> np.ndarray:
         if model not in self._sessions:
@@ -153,7 +156,18 @@ class ServerProcess:
         command = [sys.executable, "-m", "niff_serve", "--model-repository", str(repository), "--port", str(self.port)]
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [*command, "--device", "cpu", "--backend-threads", "1", "--preprocess-workers", "2", *args],
+            [
+                *command,
+                "--device",
+                "cpu",
+                "--workers",
+                "1",
+                "--backend-threads",
+                "1",
+                "--preprocess-workers",
+                "2",
+                *args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -186,6 +200,14 @@ class ServerProcess:
     def log_records(self) -> list[dict]:
         return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
 
+    def wait_for_log(self, match: Callable[[dict], bool], timeout: float = 30) -> list[dict]:
+        """The log records satisfying ``match``, once there is one (some are written after the answer)."""
+        return wait_until(
+            lambda: [record for record in self.log_records() if match(record)],
+            lambda: f"no matching log record:\n{self.log()[-3000:]}",
+            timeout,
+        )
+
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples whose labels include ``labels`` (0 when absent)."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
@@ -198,11 +220,11 @@ class ServerProcess:
 
     def wait_for_metric(self, name: str, value: float, timeout: float = 30, **labels: str) -> None:
         """Poll until the metric reaches ``value`` (events that happen in the server after a client call)."""
-        deadline = time.monotonic() + timeout
-        while self.metric(name, **labels) < value:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{name}{labels} stayed at {self.metric(name, **labels)}, expected {value}")
-            time.sleep(0.02)
+        wait_until(
+            lambda: self.metric(name, **labels) >= value,
+            lambda: f"{name}{labels} stayed at {self.metric(name, **labels)}, expected {value}",
+            timeout,
+        )
 
     def in_background(self, requests: list[Callable[[httpx.Client], httpx.Response]]) -> list[Future]:
         """Send each request from its own thread and connection, all at once."""

@@ -1,4 +1,4 @@
-"""Preprocessing in-process: the torchvision evaluation pipeline, image modes, EXIF, and hostile bytes."""
+"""The contract's preprocessing in-process: the torchvision evaluation pipeline, image modes, EXIF, hostile bytes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from niff_serve.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from niff_serve.preprocessing import Preprocessor, decode_image
-from niff_serve.repository import PreprocessingSpec
+from niff_contract import ImageLimits, Preprocessing, Preprocessor, decode_image
+from niff_contract.images import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
@@ -34,7 +33,7 @@ def expected(image: Image.Image, resize: int, size: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def preprocessor() -> Preprocessor:
-    return Preprocessor(PreprocessingSpec(input_size=32, crop_pct=0.875, **IMAGENET), max_pixels=10**6)
+    return Preprocessor(Preprocessing(input_size=32, crop_pct=0.875, **IMAGENET), ImageLimits(max_pixels=10**6))
 
 
 @pytest.mark.parametrize("size", [(640, 427), (427, 640), (100, 100), (33, 90)])
@@ -52,7 +51,7 @@ def test_exif_orientation_is_applied(preprocessor: Preprocessor) -> None:
     image = Image.fromarray(pixels)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    decoded = decode_image(encode(image, "JPEG", exif=exif, quality=95), max_pixels=10**6)
+    decoded = decode_image(encode(image, "JPEG", exif=exif, quality=95), ImageLimits(max_pixels=10**6))
     assert decoded.size == (40, 80)
     top, bottom = np.asarray(decoded)[:40].mean(), np.asarray(decoded)[40:].mean()
     assert top > 200 and bottom < 50  # the white left half is now on top
@@ -68,7 +67,7 @@ def test_every_mode_becomes_rgb(mode: str) -> None:
     else:
         source = gray.convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "TIFF" if mode == "I;16" else "PNG"
-    decoded = decode_image(encode(source, fmt), max_pixels=10**6)
+    decoded = decode_image(encode(source, fmt), ImageLimits(max_pixels=10**6))
     assert decoded.mode == "RGB" and decoded.size == (48, 48)
     if mode in ("L", "LA", "I;16"):
         np.testing.assert_array_equal(np.asarray(decoded)[..., 0], np.asarray(gray))
@@ -77,22 +76,22 @@ def test_every_mode_becomes_rgb(mode: str) -> None:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF"])
 def test_allowed_formats_decode(fmt: str) -> None:
     image = Image.fromarray(np.full((20, 30, 3), 128, dtype=np.uint8))
-    assert decode_image(encode(image, fmt), max_pixels=10**6).size == (30, 20)
+    assert decode_image(encode(image, fmt), ImageLimits(max_pixels=10**6)).size == (30, 20)
 
 
 def test_other_formats_are_refused() -> None:
     image = Image.fromarray(np.full((20, 30, 3), 128, dtype=np.uint8))
     for fmt in ("GIF", "ICO", "PPM"):
-        with pytest.raises(UnsupportedMediaType, match="not a JPEG, PNG, WebP, BMP or TIFF image"):
-            decode_image(encode(image, fmt), max_pixels=10**6)
+        with pytest.raises(UnsupportedImage, match="not a JPEG, PNG, WebP, BMP or TIFF image"):
+            decode_image(encode(image, fmt), ImageLimits(max_pixels=10**6))
 
 
 def test_pixel_limit_is_checked_before_decoding() -> None:
     # A 6000x6000 white PNG compresses to a few kB; decoding it would take 108 MB.
     data = encode(Image.new("RGB", (6000, 6000), "white"), "PNG")
     assert len(data) < 200_000
-    with pytest.raises(PayloadTooLarge, match="6000x6000 = 36000000 pixels; the limit is 1000000"):
-        decode_image(data, max_pixels=10**6)
+    with pytest.raises(ImageTooLarge, match="6000x6000 = 36000000 pixels; the limit is 1000000"):
+        decode_image(data, ImageLimits(max_pixels=10**6))
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
@@ -101,9 +100,9 @@ def test_hostile_bytes_are_client_errors() -> None:
     for fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
         data = encode(Image.fromarray(pixels), fmt)
         for cut in (len(data) // 2, 40):  # inside the pixel data, inside the header
-            with pytest.raises(BadRequest, match=f"{fmt} image is truncated or corrupt"):
-                decode_image(data[:cut], max_pixels=10**6)
-    with pytest.raises(BadRequest, match="empty"):
-        decode_image(b"", max_pixels=10**6)
-    with pytest.raises(UnsupportedMediaType):
-        decode_image(b"GET / HTTP/1.1\r\n\r\n" * 10, max_pixels=10**6)
+            with pytest.raises(CorruptImage, match=f"{fmt} image is truncated or corrupt"):
+                decode_image(data[:cut], ImageLimits(max_pixels=10**6))
+    with pytest.raises(EmptyImage, match="empty"):
+        decode_image(b"", ImageLimits(max_pixels=10**6))
+    with pytest.raises(UnsupportedImage):
+        decode_image(b"GET / HTTP/1.1\r\n\r\n" * 10, ImageLimits(max_pixels=10**6))

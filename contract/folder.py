@@ -1,0 +1,167 @@
+"""Reading a model folder as a sandbox: every file it names resolves inside it, is a regular file, and
+is read within a size limit; every artifact has a sha256 that is checked before it is loaded.
+
+A model folder may come from anywhere (a volume, an init container, a download), so nothing in it is
+trusted: ``labels_file: /dev/zero``, ``../../secret`` or a symlink out of the folder is a start-up
+error naming the folder and the file, not something the server reads or serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from niff_contract.errors import ContractError
+from niff_contract.schema import ArtifactKind, Manifest, check_model_name, parse_manifest
+from niff_contract.triton_config import ModelConfig, check_config, parse_config
+
+CONFIG_FILE = "config.pbtxt"
+MANIFEST_FILE = "niff.json"
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 1 << 20
+MAX_LABELS_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """One validated model folder: what to load and how to feed it."""
+
+    name: str
+    path: Path
+    manifest: Manifest
+    config: ModelConfig
+    labels: tuple[str, ...]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.version)
+
+    @property
+    def input_size(self) -> int:
+        return self.manifest.preprocessing.input_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        """Triton's ``dynamic_batching.max_queue_delay_microseconds``; 0 without dynamic batching."""
+        return self.config.dynamic_batching.max_queue_delay_microseconds / 1e6
+
+    def artifact_path(self, kind: ArtifactKind) -> Path | None:
+        """The artifact file of this kind (already checked to be inside the folder), or None."""
+        record = self.manifest.artifacts.get(kind)
+        return None if record is None else inside(self.path, record.path)
+
+    def verify_artifact(self, kind: ArtifactKind) -> Path:
+        """The artifact's path after checking its sha256."""
+        path = self.artifact_path(kind)
+        record = self.manifest.artifacts.get(kind)
+        if path is None or record is None:
+            raise ContractError(f"model {self.name!r}: niff.json lists no {kind} artifact")
+        if sha256_file(path) != record.sha256:
+            raise ContractError(f"model {self.name!r}: {record.path} does not match its sha256 in niff.json")
+        return path
+
+
+def scan_repository(root: Path) -> list[ModelFolder]:
+    """Every model folder under ``root``, validated; any unusable folder is an error, not a skip."""
+    if not root.is_dir():
+        raise ContractError(f"model repository {str(root)!r} is not a directory")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ContractError(f"model repository {str(root)!r} holds no model folders")
+    return [read_model_folder(folder) for folder in folders]
+
+
+def read_model_folder(path: Path) -> ModelFolder:
+    """Read and cross-check ``niff.json``, ``config.pbtxt``, the labels file and the artifact files."""
+    where = f"model folder {str(path)!r}"
+    try:
+        check_model_name(path.name)
+        root = path.resolve(strict=True)
+        manifest = parse_manifest(_json(read_text(root, MANIFEST_FILE, MAX_MANIFEST_BYTES)))
+        if manifest.name != path.name:
+            raise ContractError(f"niff.json names the model {manifest.name!r}, not {path.name!r}")
+        for kind, record in manifest.artifacts.items():
+            if not inside(root, record.path).stat().st_size:
+                raise ContractError(f"{kind} artifact {record.path!r} is empty")
+        config = parse_config(read_text(root, CONFIG_FILE, MAX_CONFIG_BYTES))
+        check_config(config, manifest)
+        labels = parse_labels(read_text(root, manifest.labels_file, MAX_LABELS_BYTES), manifest.num_classes)
+    except ContractError as exc:
+        raise ContractError(f"{where}: {exc}") from None
+    except OSError as exc:
+        raise ContractError(f"{where}: {exc.strerror or exc}") from None
+    return ModelFolder(name=path.name, path=root, manifest=manifest, config=config, labels=labels)
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``relative`` under ``root``, refused unless it is a relative path to a regular file inside ``root``."""
+    parts = PurePosixPath(relative).parts
+    if PurePosixPath(relative).is_absolute() or ".." in parts or "\\" in relative:
+        raise ContractError(f"{relative!r} must be a relative path inside the model folder")
+    try:
+        resolved = (root / relative).resolve(strict=True)
+    except FileNotFoundError:
+        raise ContractError(f"{relative!r} is missing") from None
+    if not resolved.is_relative_to(root.resolve()):
+        raise ContractError(f"{relative!r} leads out of the model folder (to {str(resolved)!r})")
+    if not stat.S_ISREG(resolved.stat().st_mode):
+        raise ContractError(f"{relative!r} is not a regular file")
+    return resolved
+
+
+def read_text(root: Path, relative: str, limit: int) -> str:
+    """A UTF-8 text file inside ``root``, at most ``limit`` bytes."""
+    path = inside(root, relative)
+    with path.open("rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ContractError(f"{relative} is larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError(f"{relative} is not UTF-8 text: {exc}") from None
+
+
+def _json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"niff.json is not JSON: {exc}") from None
+
+
+def parse_labels(text: str, num_classes: int | None = None) -> tuple[str, ...]:
+    """One class name per line, line i naming class i; blank lines are an error, not skipped."""
+    lines = text.splitlines()
+    blank = next((number for number, line in enumerate(lines, 1) if not line.strip()), None)
+    if blank is not None:
+        raise ContractError(f"the labels file's line {blank} is blank; every line names one class")
+    if num_classes is not None and len(lines) != num_classes:
+        raise ContractError(f"the labels file has {len(lines)} lines for {num_classes} classes")
+    return tuple(line.strip() for line in lines)
+
+
+def labels_text(labels: tuple[str, ...] | list[str]) -> str:
+    """What :func:`parse_labels` reads back as ``labels``."""
+    if any(not label.strip() or "\n" in label or "\r" in label for label in labels):
+        raise ContractError("labels must be non-blank single lines")
+    return "".join(f"{label.strip()}\n" for label in labels)
+
+
+def sha256_file(path: Path | str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

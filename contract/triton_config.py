@@ -1,0 +1,115 @@
+"""``config.pbtxt``: Triton's model configuration, written and read with Triton's own protobuf schema.
+
+The schema (``inference.ModelConfig``) comes compiled with ``tritonclient``; protobuf's text format
+parses and prints it, so a field Triton does not know is an error here too. The batching values in it
+(``max_batch_size``, ``dynamic_batching.max_queue_delay_microseconds``) are the ones niff-serve uses
+for the model unless its settings override them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from tritonclient.grpc import model_config_pb2
+
+from niff_contract.errors import ContractError
+from niff_contract.schema import LABELS_FILE, Manifest
+
+ModelConfig = model_config_pb2.ModelConfig
+DEFAULT_MAX_QUEUE_DELAY_US = 5000
+
+
+def model_config(manifest: Manifest, max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US) -> ModelConfig:
+    """The Triton configuration of a model folder described by ``manifest``."""
+    fp32 = model_config_pb2.TYPE_FP32
+    return ModelConfig(
+        name=manifest.name,
+        platform=manifest.platform,
+        max_batch_size=manifest.max_batch_size,
+        input=[model_config_pb2.ModelInput(name=manifest.input.name, data_type=fp32, dims=manifest.input.shape)],
+        output=[
+            model_config_pb2.ModelOutput(
+                name=manifest.output.name, data_type=fp32, dims=manifest.output.shape, label_filename=LABELS_FILE
+            )
+        ],
+        dynamic_batching=model_config_pb2.ModelDynamicBatching(max_queue_delay_microseconds=max_queue_delay_us),
+        version_policy=model_config_pb2.ModelVersionPolicy(
+            specific=model_config_pb2.ModelVersionPolicy.Specific(versions=[manifest.version])
+        ),
+    )
+
+
+def config_text(config: ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str) -> ModelConfig:
+    try:
+        return text_format.Parse(text, ModelConfig())
+    except text_format.ParseError as exc:
+        raise ContractError(f"config.pbtxt is not a Triton model configuration: {exc}") from None
+
+
+def config_json(config: ModelConfig) -> dict[str, Any]:
+    """The configuration as Triton's HTTP API shows it (proto field names, 64-bit numbers as numbers)."""
+    return _int64_as_numbers(config, json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+_INT64 = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def _int64_as_numbers(message: Message, data: dict[str, Any]) -> dict[str, Any]:
+    """protobuf's JSON mapping writes 64-bit integers as strings; Triton's own JSON writes numbers."""
+    for field, value in message.ListFields():
+        if field.name not in data:
+            continue
+        repeated = isinstance(data[field.name], list)
+        if field.type in _INT64:
+            data[field.name] = [int(v) for v in data[field.name]] if repeated else int(data[field.name])
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                items = value.items() if field.message_type.fields_by_name["value"].message_type else ()
+                for key, item in items:
+                    _int64_as_numbers(item, data[field.name][str(key)])
+            elif repeated:
+                for item, item_data in zip(value, data[field.name], strict=True):
+                    _int64_as_numbers(item, item_data)
+            else:
+                _int64_as_numbers(value, data[field.name])
+    return data
+
+
+def check_config(config: ModelConfig, manifest: Manifest) -> None:
+    """config.pbtxt must describe the same model as niff.json; a ContractError names the first difference."""
+    expected = model_config(manifest, config.dynamic_batching.max_queue_delay_microseconds)
+    for field in ("name", "platform", "max_batch_size"):
+        if getattr(config, field) != getattr(expected, field):
+            raise ContractError(
+                f"config.pbtxt: {field} is {getattr(config, field)!r}, niff.json says {getattr(expected, field)!r}"
+            )
+    versions = list(config.version_policy.specific.versions)
+    if config.version_policy.HasField("specific") and versions != [manifest.version]:
+        raise ContractError(
+            f"config.pbtxt: version_policy serves versions {versions}, niff.json is version {manifest.version}"
+        )
+    for section in ("input", "output"):
+        want = getattr(expected, section)[0]
+        found = {tensor.name: tensor for tensor in getattr(config, section)}.get(want.name)
+        if found is None:
+            raise ContractError(f"config.pbtxt: no {section} named {want.name!r}")
+        if found.data_type != want.data_type or list(found.dims) != list(want.dims):
+            raise ContractError(
+                f"config.pbtxt: {section} {want.name!r} is {model_config_pb2.DataType.Name(found.data_type)} "
+                f"{list(found.dims)}, niff.json says TYPE_FP32 {list(want.dims)}"
+            )
