@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from niff_contract import ContractError, describe_errors
 from niff_serve.errors import ServiceError
 from niff_serve.middleware import RequestContextMiddleware
+from niff_serve.openapi import served_openapi
 from niff_serve.routes import docs, health, v1, v2
 from niff_serve.runtime import ServiceState
 from niff_serve.settings import Settings
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = state
+    app.openapi = served_openapi(app, state)  # type: ignore[method-assign]
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
