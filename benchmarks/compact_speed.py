@@ -22,14 +22,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from export_speed import _cpu_name, onnx_runner, spatial_equivalent
+from export_speed import _cpu_name, onnx_runner
 from torch.nn import functional as F
+from twins import spatial_twin
 
 import niff
 from niff_export import compact as compact_module
 from niff_export import export_model
 from niff_export.compact import CircularConv, CompactRequest
-from niff_export.lowering import SpectralConvMatmul
+from niff_export.lowering import default_layer_lowering, lower_layer
 from niff_export.spectral import SpectralConv
 
 
@@ -54,7 +55,7 @@ def export_onnx(model: torch.nn.Module, size: int, folder: Path, kernel: int | N
 
 def twin_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
     torch.onnx.export(
-        spatial_equivalent(model),
+        spatial_twin(model),
         (x,),
         str(path),
         dynamo=False,
@@ -72,7 +73,8 @@ def single_layers(folder: Path, batch: int, kernel: int) -> dict[str, tuple[Path
     for channels, n in ((64, 56), (128, 28), (256, 14), (512, 8), (512, 7)):
         x = torch.randn(batch, channels, n, n)
         spectral = SpectralConv(torch.randn(channels, n, n // 2 + 1, dtype=torch.complex128), torch.randn(channels))
-        modules = {"spectral": SpectralConvMatmul(spectral), "wrap": CircularConv.from_spectral(spectral, kernel)}
+        exact = lower_layer(spectral, default_layer_lowering(spectral, "matmul"))
+        modules = {"spectral": exact, "wrap": CircularConv.from_spectral(spectral, kernel)}
         for name, module in modules.items():
             path = folder / f"{name}{channels}_{n}.onnx"
             torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["input"], opset_version=19)

@@ -26,35 +26,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from twins import spatial_twin
 
 import niff
-from niff.layers import FreqConv1x1, FreqConvDW, FreqConvFull
 from niff_export import bake, export_model, lower
-
-
-def spatial_equivalent(model: nn.Module) -> nn.Module:
-    """The same network with a plain convolution in every NIFF slot (torchvision's ResNet-50 for resnet50_split)."""
-    model = copy.deepcopy(model)
-    for name, module in list(model.named_modules()):
-        replacement = None
-        if isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[0], FreqConvDW):
-            replacement = nn.Conv2d(module[1].in_planes, module[1].out_planes, 3, padding=1, bias=False)
-        elif isinstance(module, FreqConvFull):
-            replacement = nn.Conv2d(module.in_planes, module.out_planes, 3, padding=1, bias=False)
-        elif isinstance(module, FreqConvDW) and module.transform == "fftifft":
-            replacement = nn.Conv2d(module.planes, module.planes, 3, padding=1, groups=module.planes, bias=False)
-        elif isinstance(module, FreqConv1x1) and module.transform == "fftifft":
-            replacement = (nn.Linear if module.channels_last else _conv1x1)(
-                module.in_planes, module.out_planes, bias=False
-            )
-        if replacement is not None and name:
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, replacement)
-    return model.eval()
-
-
-def _conv1x1(cin: int, cout: int, bias: bool) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 1, bias=bias)
 
 
 def throughput(run: Callable[[], object], batch: int, seconds: float, min_runs: int = 3) -> float:
@@ -158,7 +133,7 @@ def main() -> None:
             rows.append(("TorchScript (torch.fft)", throughput(torch_runner(scripted, x), args.batch, args.seconds)))
             plain = Path(tmp) / "plain.onnx"
             torch.onnx.export(
-                spatial_equivalent(model),
+                spatial_twin(model),
                 (x,),
                 str(plain),
                 dynamo=False,
@@ -202,7 +177,7 @@ def main() -> None:
             rows.append(
                 (
                     "spatial-conv twin, eager CUDA",
-                    throughput(torch_runner(spatial_equivalent(model).to(device), xg), args.batch, args.seconds),
+                    throughput(torch_runner(spatial_twin(model).to(device), xg), args.batch, args.seconds),
                 )
             )
 

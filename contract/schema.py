@@ -52,6 +52,30 @@ class TensorSpec(_Record):
     layout: Literal["NCHW"] | None = None
 
 
+class SpectralLayer(_Record):
+    """How one baked spectral layer of an artifact is computed, and the timings it was chosen by.
+
+    ``lowering``: ``separable`` or ``kronecker`` (matrix products) or ``fft`` (FFT ops). ``timings_ms``
+    holds every candidate's time per batch when ``niff-export --tune`` measured them, and is empty when
+    the default table chose.
+    """
+
+    layer: str
+    kind: Literal["depthwise", "full"]
+    map_size: PositiveInt
+    channels: PositiveInt
+    out_channels: PositiveInt
+    lowering: str
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class TuningRecord(_Record):
+    """Where ``niff-export --tune`` timed the candidate lowerings: the runtime and device, and the batch."""
+
+    runtime: str
+    batch: PositiveInt
+
+
 class ArtifactRecord(_Record):
     """One model file: where it is, how it was made, and its sha256 (checked before it is loaded)."""
 
@@ -61,6 +85,10 @@ class ArtifactRecord(_Record):
     fp16: bool = False
     exporter: str | None = None
     opset: PositiveInt | None = None
+    tuning: TuningRecord | None = Field(None, description="Where --tune timed the lowerings; null without it.")
+    spectral_layers: tuple[SpectralLayer, ...] | None = Field(
+        None, description="Every baked spectral layer's lowering; absent from folders of earlier exporters."
+    )
 
 
 class ParityRow(_Record):

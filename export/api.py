@@ -51,6 +51,7 @@ from niff_export.lowering import LOWERINGS, lower
 from niff_export.parity import FP16_TOLERANCE, FP32_TOLERANCE, AgreementReport, ParityReport, compare, parity_inputs
 from niff_export.precision import in_precision
 from niff_export.repository import StagingFolder, check_name, jsonable
+from niff_export.tuning import default_choices, tune_layers, tuning_record
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 DEFAULT_LOWERING = {"onnx": "matmul", "torchscript": "torch"}
@@ -60,6 +61,8 @@ MAX_BATCH_DELAY_MS = 60_000
 _PREPROCESSING_OPTIONS = {"input_size": "--size", "crop_pct": "--crop-pct", "interpolation": "--interpolation"}
 # Gate inputs run through the models in chunks of this many images (a calibration folder may be large).
 GATE_CHUNK = 32
+# Batch at which --tune times the spectral layers (capped by the model's max batch size).
+TUNE_BATCH = 8
 
 # Called with (stage description, None) when a stage starts and (description, seconds) when it ends.
 Progress = Callable[[str, "float | None"], None]
@@ -72,7 +75,9 @@ class ExportOptions:
     ``preprocessing`` overrides fields of the model's preprocessing (timm's names: ``interpolation``,
     ``crop_pct``, ``mean``, ``std``). ``max_batch_size`` and ``max_batch_delay_ms`` go into config.pbtxt,
     where niff-serve takes its batching values from. ``compact`` makes a compact export: the artifacts
-    then reproduce the compact model exactly, and its agreement with the exact model is gated.
+    then reproduce the compact model exactly, and its agreement with the exact model is gated. ``tune``
+    times each spectral layer's candidate lowerings on this machine's runtime and keeps the fastest;
+    otherwise a default table applies. Each artifact's ``spectral_layers`` in niff.json records the choice.
     """
 
     formats: Sequence[str] = FORMATS
@@ -85,6 +90,7 @@ class ExportOptions:
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
     version: int = 1
     compact: CompactRequest | None = None
+    tune: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,16 +272,31 @@ def _build(plan: _Plan, staging: StagingFolder, progress: Progress | None, timin
         deployed = baked if plan.compact is None else compact_model(baked, plan.compact)
     artifacts: dict[str, dict[str, Any]] = {}
     for fmt in plan.formats:
-        lowering = plan.lowerings[fmt]
+        lowering, tuning = plan.lowerings[fmt], None
+        if plan.options.tune:
+            tuning = tuning_record(fmt, min(TUNE_BATCH, plan.options.max_batch_size))
+            with _stage(progress, timings, f"Tuning the spectral layers for {fmt}"):
+                choices = tune_layers(deployed, fmt, lowering, batch=tuning.batch, fp16=fp16)
+        else:
+            choices = default_choices(deployed, lowering)
         with _stage(progress, timings, f"Writing {fmt} ({lowering} lowering{', fp16' if fp16 else ''})"):
-            module = in_precision(lower(copy.deepcopy(deployed), "matmul" if lowering == "matmul" else "torch"), fp16)
+            family = "matmul" if lowering == "matmul" else "torch"
+            per_layer = {choice.layer: choice.lowering for choice in choices}
+            module = in_precision(lower(copy.deepcopy(deployed), family, per_layer), fp16)
             relative = f"{staging.version_dir}/{MODEL_FILES[fmt]}"
             if fmt == "onnx":
                 opset = onnx_opset(plan.compact, plan.options.opset, DEFAULT_OPSET[lowering])
                 info = write_onnx(module, torch.randn(2, 3, size, size), staging.path / relative, lowering, opset)
             else:
                 info = write_torchscript(module, staging.path / relative)
-            artifacts[fmt] = {"path": relative, "lowering": lowering, "fp16": fp16, **info}
+            artifacts[fmt] = {
+                "path": relative,
+                "lowering": lowering,
+                "fp16": fp16,
+                **info,
+                "tuning": tuning,
+                "spectral_layers": tuple(choices),
+            }
     return _Built(baked, deployed, artifacts)
 
 

@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,6 +48,7 @@ examples:
   niff-export resnet50_split.pth --size 224
   niff-export ckpt.pt --size 224 --arch convnext_tiny --ema --out ./models
   niff-export ckpt.pt --size 32 --format onnx --fft dft --name cifar_resnet
+  niff-export resnet50_split.pth --size 224 --tune    # time each spectral layer's lowerings here
   niff-export ckpt.pt --size 224 --compact-kernel 7 --calibration val_images/ --compact-min-agreement 0.99
 """
 
@@ -134,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how transforms are computed: matmul = DFT as products with precomputed matrices (runs on every "
         "runtime and execution provider); dft = ONNX DFT op (opset >= 20); torch = torch.fft in TorchScript "
         f"(cuFFT on GPU). Default: ONNX {DEFAULT_LOWERING['onnx']}, TorchScript {DEFAULT_LOWERING['torchscript']}",
+    )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="time each spectral layer's candidate lowerings (matmul: separable, kronecker; TorchScript also "
+        "torch.fft) on this machine's runtime at batch 8 (or --max-batch-size if smaller) and keep the fastest; "
+        "without it a default table measured on ONNX Runtime CPU applies. Choices and timings go into niff.json",
     )
     parser.add_argument("--fp16", action="store_true", help="compute in float16 (inputs and outputs stay float32)")
     parser.add_argument(
@@ -257,7 +266,9 @@ def _summary(result: ExportResult, elapsed: float) -> str:
     lines = [f"Exported {manifest.name} ({what}) in {elapsed:.1f} s:"]
     for fmt, record in manifest.artifacts.items():
         size_mb = (result.path / record.path).stat().st_size / 1e6
-        lines.append(f"  {result.path / record.path}  {fmt}, {record.lowering} lowering, {size_mb:.1f} MB")
+        counts = Counter(layer.lowering for layer in record.spectral_layers or ())
+        layers = f" ({', '.join(f'{count} {name}' for name, count in sorted(counts.items()))})" if counts else ""
+        lines.append(f"  {result.path / record.path}  {fmt}, {record.lowering} lowering{layers}, {size_mb:.1f} MB")
     lines += ["", result.parity.table()]
     if result.compact is not None and result.agreement is not None:
         lines += ["", result.compact.table(), "", result.agreement.table()]
@@ -279,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         compact = _compact_request(args)
-        progress = _ProgressPrinter(total=3 + len(args.formats) + (compact is not None))
+        stages = 3 + len(args.formats) * (2 if args.tune else 1) + (compact is not None)
+        progress = _ProgressPrinter(total=stages)
         options = ExportOptions(
             formats=args.formats,
             fft=args.fft,
@@ -295,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             version=args.model_version,
             compact=compact,
+            tune=args.tune,
         )
         result = export_checkpoint(
             args.checkpoint,

@@ -1,136 +1,241 @@
 """Lowering the baked spectral layers to operations every runtime executes fast.
 
-``fft`` keeps ``torch.fft`` (cuFFT inside TorchScript; the ONNX ``DFT`` op when exported, which ONNX
-Runtime runs naively for sizes that are not powers of two and not at all on its CUDA provider).
-``matmul`` computes the transforms as products with precomputed real DFT matrices: plain MatMul,
-Mul and Transpose nodes that every runtime and execution provider runs, on tensor cores too.
+``--fft`` picks the family: ``torch`` keeps ``torch.fft`` (cuFFT inside TorchScript); ``dft`` the ONNX
+``DFT`` op (naive in ONNX Runtime for sizes that are not powers of two, absent from its CUDA provider);
+``matmul`` computes the transforms as products with precomputed real DFT matrices, which every runtime
+and execution provider runs, on tensor cores too. Within ``matmul`` each layer has a per-layer lowering:
 
-In the matmul lowering every transform is one large GEMM: over w by right-multiplying the NCHW map,
-over h by left-multiplying an "h-major" [h, N·C·w] view, so no GEMM is a small per-image product
-(which ONNX Runtime runs several times slower).
+* ``separable`` — the 2-D transform as one product per axis (four GEMMs in all);
+* ``kronecker`` — the 2-D transform as one product with the Kronecker matrix of the two axes (two
+  GEMMs; the matrix grows as n⁴, so this pays for small maps only).
+
+Both keep the spectrum as three real blocks ``[Xr, Xi, Xr + Xi]`` (Gauss's three-multiplication
+complex product): the filter is applied by one elementwise ``Mul`` (or, for a full layer, one batched
+real matmul per block) and the inverse transform's matrix recombines ``Yr = k1 − k2``,
+``Yi = k3 − k1 − k2``, so no complex arithmetic, slicing or concatenation is left between the GEMMs.
+Every reshape keeps the batch axis first and symbolic, so ONNX Runtime can infer every shape and keep
+fusing the neighbouring convolutions with their residual additions and activations.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from niff_export.spectral import SpectralConv, SpectralMix
+from niff_export.spectral import FixedSpectrum, SpectralConv, SpectralMix
 
 # How each artifact format computes the transforms, per --fft choice.
 LOWERINGS: tuple[str, ...] = ("matmul", "dft", "torch")
+# Per-layer lowerings: the matmul family's two, and "fft" (the baked layer itself, torch.fft).
+LAYER_LOWERINGS: tuple[str, ...] = ("separable", "kronecker", "fft")
+# Largest map side for which the Kronecker form is the default (ONNX Runtime CPU, docs/benchmarks.md).
+KRONECKER_MAX_SIZE = 8
 
 
-def _dft_blocks(n: int) -> dict[str, Tensor]:
-    """Real matrices (float64) for the h-major real 2-D DFT of an n×n map and its inverse."""
-    m = n // 2 + 1
-    k = torch.arange(n, dtype=torch.float64)
-    angle = 2 * math.pi * torch.outer(k, k) / n
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    # Along w (right-multiply): the half spectrum's real and imaginary parts, stacked on a leading axis.
-    forward_w = torch.stack([cos[:, :m], -sin[:, :m]])
-    # Along h (left-multiply) on [Zr; Zi]: X = (C - iS) Z gives [Xr; Xi].
-    forward_h = torch.cat([torch.cat([cos, sin], 1), torch.cat([-sin, cos], 1)])
-    # Inverse along h: Z = (C + iS) Y / n on [Yr; Yi].
-    inverse_h = torch.cat([torch.cat([cos, -sin], 1), torch.cat([sin, cos], 1)]) / n
-    # Inverse real transform along w: y = (1/n) Σ_k α_k (Zr cos − Zi sin); α is 1 at DC and Nyquist, else 2.
-    alpha = torch.full((m,), 2.0, dtype=torch.float64)
+class _ReshapeKeepingBatch(torch.autograd.Function):
+    """In ONNX: ``Reshape(x, [0, ..., -1])``, whose output shape ONNX shape inference can still relate to x's."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, shape: list[int]) -> Tensor:
+        return x.reshape([-1, *shape])
+
+    @staticmethod
+    def symbolic(g, x, shape):
+        target = torch.tensor([0, *shape[:-1], -1], dtype=torch.int64)
+        return g.op("Reshape", x, g.op("Constant", value_t=target))
+
+
+@torch.jit.unused
+def _traced_reshape(x: Tensor, shape: list[int]) -> Tensor:
+    if torch.onnx.is_in_onnx_export():
+        return _ReshapeKeepingBatch.apply(x, shape)
+    return x.reshape([-1, *shape])
+
+
+def reshape_batch(x: Tensor, shape: list[int]) -> Tensor:
+    """``x.reshape(-1, *shape)`` for a batch-first ``x``, exported so the batch dimension stays symbolic.
+
+    A plain reshape exports as ``Reshape(x, [-1, ...])``: ONNX Runtime then loses the batch size's name,
+    cannot prove that a residual addition's two inputs have one shape, and stops fusing it into the
+    convolution before it (3–19 % slower NIFF-ResNet-50s in docs/benchmarks.md).
+    """
+    if torch.jit.is_scripting():
+        return x.reshape([-1] + shape)  # noqa: RUF005 - TorchScript has no starred expressions
+    return _traced_reshape(x, shape)
+
+
+def _trig(n: int) -> tuple[Tensor, Tensor]:
+    angle = 2 * math.pi * torch.outer(torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64)) / n
+    return torch.cos(angle), torch.sin(angle)
+
+
+def _half_weights(n: int) -> Tensor:
+    """Weights of the half spectrum in a real inverse transform: 1 at DC (and Nyquist for even n), else 2."""
+    alpha = torch.full((n // 2 + 1,), 2.0, dtype=torch.float64)
     alpha[0] = 1.0
     if n % 2 == 0:
         alpha[-1] = 1.0
-    half_angle = angle[:m]
-    inverse_w = torch.stack([alpha[:, None] * torch.cos(half_angle), -alpha[:, None] * torch.sin(half_angle)]) / n
-    return {"forward_w": forward_w, "forward_h": forward_h, "inverse_h": inverse_h, "inverse_w": inverse_w}
+    return alpha
 
 
-class SpectralConvMatmul(nn.Module):
-    """``SpectralConv`` computed with DFT matrices: five large GEMMs, one broadcast multiply, three transposes.
+def _gauss_columns(real: Tensor, imag: Tensor, dim: int) -> Tensor:
+    """A forward transform's real and imaginary parts as the three blocks ``[Xr, Xi, Xr + Xi]`` along ``dim``."""
+    return torch.cat([real, imag, real + imag], dim)
 
-    1. transpose NCHW to h-major [h, N, C, w] and right-multiply over w by ``[2, w, m]``: the half
-       spectrum's real and imaginary parts, stacked as the rows of a [2h, N·C·m] matrix;
-    2. left-multiply by the complex h-transform ``[[C, S], [-S, C]]``;
-    3. the complex filter product as one broadcast multiply by ``[[Hr, -Hi], [Hi, Hr]]`` and a sum;
-    4. left-multiply by the inverse h-transform;
-    5. put real | imaginary side by side and right-multiply by the inverse real w-transform ``[2m, w]``,
-       then transpose back to NCHW.
-    Only simple (≤ 4-D) transposes are used: ONNX Runtime runs 5-D permutations about 3× slower.
+
+def _gauss_rows(real: Tensor, imag: Tensor, dim: int) -> Tensor:
+    """An inverse transform ``Gr·Yr + Gi·Yi`` rewritten for the blocks ``k1, k2, k3`` of Gauss's product."""
+    return torch.cat([real - imag, -real - imag, imag], dim)
+
+
+def _gauss_filter(spectrum: Tensor, dim: int) -> Tensor:
+    return _gauss_columns(spectrum.real, spectrum.imag, dim)
+
+
+class _Lowered(nn.Module):
+    """A baked spectral layer computed with matrix products; subclasses supply the transforms.
+
+    ``filters`` holds the Gauss blocks of the filter laid out like the spectrum ``[b, C, F]`` (flattened
+    positions): ``[C, F]`` for a depthwise layer, ``[F, C, O]`` for a full one.
     """
 
-    def __init__(self, conv: SpectralConv) -> None:
+    def __init__(self, layer: FixedSpectrum) -> None:
         super().__init__()
-        n, m = conv.size, conv.size // 2 + 1
-        self.size, self.half = n, m
-        blocks = _dft_blocks(n)
-        spectrum = conv.complex_spectrum().permute(1, 0, 2)  # [kh, C, kw]
-        real, imag = spectrum.real, spectrum.imag
-        product = torch.stack([torch.stack([real, -imag]), torch.stack([imag, real])]).unsqueeze(3)
-        self.register_buffer("forward_w", blocks["forward_w"].float())  # [2, w, m]
-        self.register_buffer("forward_h", blocks["forward_h"].float())  # [2n, 2n]
-        self.register_buffer("product", product.float())  # [out part, in part, kh, 1, C, kw]
-        self.register_buffer("inverse_h", blocks["inverse_h"].float())  # [2n, 2n]
-        self.register_buffer("inverse_w", torch.cat(list(blocks["inverse_w"]), 0).float())  # [2m, w]
-        self.register_buffer("bias", conv.bias)
+        self.size = layer.size
+        self.mixes = isinstance(layer, SpectralMix)
+        shape = layer.spectrum.shape
+        self.channels, self.out_channels = int(shape[0]), int(shape[1] if self.mixes else shape[0])
+        self.register_buffer("bias", layer.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        batch, channels, n, m = x.shape[0], x.shape[1], self.size, self.half
-        rows, columns = n * batch * channels, batch * channels * m
-        t = torch.matmul(x.permute(2, 0, 1, 3).reshape(1, rows, n), self.forward_w).reshape(2 * n, columns)
-        spectrum = torch.matmul(self.forward_h, t).reshape(1, 2, n, batch, channels, m)
-        filtered = (spectrum * self.product).sum(1).reshape(2 * n, columns)
-        z = torch.matmul(self.inverse_h, filtered).reshape(2, rows, m).transpose(0, 1).reshape(rows, 2 * m)
-        y = torch.matmul(z, self.inverse_w).reshape(n, batch, channels, n).permute(1, 2, 0, 3)
+    def filtered(self, spectrum: Tensor) -> Tensor:
+        """The filter applied to a ``[b, C, F]`` spectrum: ``[b, O, F]``."""
+        if not self.mixes:
+            return spectrum * self.filters
+        per_position = torch.matmul(spectrum.permute(2, 0, 1), self.filters)
+        return per_position.permute(1, 2, 0)
+
+    def with_bias(self, y: Tensor) -> Tensor:
         return y if self.bias is None else y + self.bias
 
 
-class SpectralMixMatmul(nn.Module):
-    """``SpectralMix`` computed with DFT matrices; the per-frequency mix is one batched real matmul.
+class SeparableLowering(_Lowered):
+    """The 2-D transform one axis at a time, four GEMMs that ONNX Runtime runs without transposes.
 
-    Per frequency, ``[Xr | Xi] @ [[Hr, Hi], [-Hi, Hr]] = [Yr | Yi]`` over the channel axis.
+    1. ``F_w · xᵀ`` per map (a product with a transposed operand, which ONNX Runtime folds into the
+       GEMM): the half spectrum over w, rows (k_w, re|im), columns h → viewed as [m, (re|im, h)];
+    2. right-multiply by the complex h-transform, producing the Gauss blocks [m, (block, k_h)];
+    3. the filter (one Mul, or one batched matmul per spectral position for a full layer);
+    4. right-multiply by the inverse h-transform with the Gauss recombination → [m, (re|im, h)],
+       viewed as [(k_w, re|im), h];
+    5. ``zᵀ · G_w`` (transposed operand again): the inverse real transform over w, straight to NCHW.
     """
 
-    def __init__(self, mix: SpectralMix) -> None:
-        super().__init__()
-        n, m = mix.size, mix.size // 2 + 1
-        self.size, self.half = n, m
-        spectrum = mix.complex_spectrum().permute(2, 3, 0, 1)  # [kh, kw, C_in, C_out]
-        self.out_channels = spectrum.shape[3]
-        spectrum = spectrum.reshape(n * m, spectrum.shape[2], spectrum.shape[3])
-        blocks = _dft_blocks(n)
-        mixing = torch.cat(
-            [torch.cat([spectrum.real, spectrum.imag], 2), torch.cat([-spectrum.imag, spectrum.real], 2)], 1
+    def __init__(self, layer: FixedSpectrum) -> None:
+        super().__init__(layer)
+        n, m = self.size, self.size // 2 + 1
+        cos, sin = _trig(n)
+        # Over w: Z[k_w] = Σ_w x[w] (cos − i sin); rows (k_w, part).
+        forward_w = torch.stack([cos[:m], -sin[:m]], 1).reshape(2 * m, n)
+        # Over h on [Zr; Zi]: Xr = C·Zr + S·Zi, Xi = C·Zi − S·Zr; rows (part, h).
+        real_h, imag_h = torch.cat([cos, sin]), torch.cat([-sin, cos])
+        # Inverse over h: zr = (C·Yr − S·Yi)/n, zi = (S·Yr + C·Yi)/n; columns (part, h).
+        inverse_r, inverse_i = torch.cat([cos, sin], 1) / n, torch.cat([-sin, cos], 1) / n
+        # Inverse real transform over w: y = Σ_k α_k (zr cos − zi sin)/n; rows (k_w, part).
+        alpha = _half_weights(n)[:, None]
+        inverse_w = torch.stack([alpha * cos[:m], -alpha * sin[:m]], 1).reshape(2 * m, n) / n
+        self.register_buffer("forward_w", forward_w.float())
+        self.register_buffer("forward_h", _gauss_columns(real_h, imag_h, 1).float())  # [2n, 3n]
+        self.register_buffer("inverse_h", _gauss_rows(inverse_r, inverse_i, 0).float())  # [3n, 2n]
+        self.register_buffer("inverse_w", inverse_w.float())
+        spectrum = layer.complex_spectrum()  # [C, n, m] or [C, O, n, m]: positions (k_w, block, k_h)
+        if self.mixes:
+            filters = _gauss_filter(spectrum.permute(3, 2, 0, 1), 1).reshape(3 * n * m, *spectrum.shape[:2])
+        else:
+            filters = _gauss_filter(spectrum.transpose(1, 2), 2).reshape(spectrum.shape[0], 3 * n * m)
+        self.register_buffer("filters", filters.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, m, c, o = self.size, self.size // 2 + 1, self.channels, self.out_channels
+        t = reshape_batch(torch.matmul(self.forward_w, x.transpose(2, 3)), [c, m, 2 * n])
+        spectrum = reshape_batch(torch.matmul(t, self.forward_h), [c, 3 * n * m])
+        filtered = reshape_batch(self.filtered(spectrum), [o, m, 3 * n])
+        z = reshape_batch(torch.matmul(filtered, self.inverse_h), [o, 2 * m, n])
+        return self.with_bias(torch.matmul(z.transpose(2, 3), self.inverse_w))
+
+
+class KroneckerLowering(_Lowered):
+    """The 2-D transform as one GEMM over the flattened map ([n², 3·n·m], then [3·n·m, n²]).
+
+    Two GEMMs and the filter, nothing else: the least work in ONNX Runtime for small maps, where the
+    n⁴-sized matrices are still small (7²: 49×84) and per-operation costs dominate.
+    """
+
+    def __init__(self, layer: FixedSpectrum) -> None:
+        super().__init__(layer)
+        n, m = self.size, self.size // 2 + 1
+        index = torch.arange(n, dtype=torch.float64)
+        # phase[h, w, k_h, k_w]; X = Σ x e^{-i·phase}, y = Σ α_kw Re(Y e^{+i·phase}) / n².
+        phase = (2 * math.pi / n) * (
+            index[:, None, None, None] * index[None, None, :, None]
+            + index[None, :, None, None] * index[None, None, None, :m]
         )
-        self.register_buffer("forward_w", blocks["forward_w"].float())
-        self.register_buffer("forward_h", blocks["forward_h"].float())
-        self.register_buffer("mixing", mixing.float())  # [kh·kw, 2·C_in, 2·C_out]
-        self.register_buffer("inverse_h", blocks["inverse_h"].float())
-        self.register_buffer("inverse_w", blocks["inverse_w"].float())
-        self.register_buffer("bias", mix.bias)
+        cos, sin = torch.cos(phase).reshape(n * n, n * m), torch.sin(phase).reshape(n * n, n * m)
+        weight = _half_weights(n).repeat(n)[:, None] / (n * n)
+        self.register_buffer("forward_2d", _gauss_columns(cos, -sin, 1).float())  # [n², 3nm]
+        self.register_buffer("inverse_2d", _gauss_rows(weight * cos.t(), -weight * sin.t(), 0).float())  # [3nm, n²]
+        spectrum = layer.complex_spectrum()  # positions (block, k_h, k_w)
+        if self.mixes:
+            filters = _gauss_filter(spectrum.permute(2, 3, 0, 1).reshape(n * m, *spectrum.shape[:2]), 0)
+        else:
+            filters = _gauss_filter(spectrum.reshape(spectrum.shape[0], n * m), 1)
+        self.register_buffer("filters", filters.float())
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, channels, n, m = x.shape[0], x.shape[1], self.size, self.half
-        out = self.out_channels
-        rows = x.permute(2, 0, 1, 3).reshape(1, n * batch * channels, n)
-        t = torch.matmul(rows, self.forward_w).reshape(2 * n, batch * channels * m)
-        spectrum = torch.matmul(self.forward_h, t).reshape(2, n, batch, channels, m)
-        per_frequency = spectrum.permute(1, 4, 2, 0, 3).reshape(n * m, batch, 2 * channels)
-        mixed = torch.matmul(per_frequency, self.mixing).reshape(n, m, batch, 2, out)
-        mixed = mixed.permute(3, 0, 2, 4, 1).reshape(2 * n, batch * out * m)
-        z = torch.matmul(self.inverse_h, mixed).reshape(2, n * batch * out, m)
-        y = torch.matmul(z, self.inverse_w)
-        y = (y[0] + y[1]).reshape(n, batch, out, n).permute(1, 2, 0, 3)
-        return y if self.bias is None else y + self.bias
+        n, c, o = self.size, self.channels, self.out_channels
+        spectrum = torch.matmul(reshape_batch(x, [c, n * n]), self.forward_2d)
+        y = reshape_batch(torch.matmul(self.filtered(spectrum), self.inverse_2d), [o, n, n])
+        return self.with_bias(y)
 
 
-def lower(model: nn.Module, lowering: str) -> nn.Module:
-    """The baked model with its spectral layers computed the way ``lowering`` says (in place)."""
+MATMUL_LOWERINGS: dict[str, type[_Lowered]] = {"separable": SeparableLowering, "kronecker": KroneckerLowering}
+
+
+def spectral_layers(model: nn.Module) -> Iterator[tuple[str, FixedSpectrum]]:
+    """The baked spectral layers of ``model`` with their module names."""
+    for name, module in model.named_modules():
+        if isinstance(module, (SpectralConv, SpectralMix)):
+            yield name, module
+
+
+def default_layer_lowering(layer: FixedSpectrum, lowering: str) -> str:
+    """The per-layer lowering used without ``--tune``: measured on ONNX Runtime CPU (docs/benchmarks.md)."""
+    if lowering != "matmul":
+        return "fft"
+    return "kronecker" if layer.size <= KRONECKER_MAX_SIZE else "separable"
+
+
+def lower_layer(layer: FixedSpectrum, choice: str) -> nn.Module:
+    """One baked spectral layer computed the way ``choice`` (one of ``LAYER_LOWERINGS``) says."""
+    if choice == "fft":
+        return layer
+    if choice not in MATMUL_LOWERINGS:
+        raise ValueError(f"unknown layer lowering {choice!r}; expected one of {LAYER_LOWERINGS}")
+    return MATMUL_LOWERINGS[choice](layer)
+
+
+def lower(model: nn.Module, lowering: str, choices: Mapping[str, str] | None = None) -> nn.Module:
+    """The baked model with its spectral layers computed the way ``lowering`` says (in place).
+
+    ``choices`` maps layer names to per-layer lowerings (from ``--tune``); other layers get the default.
+    """
     if lowering not in LOWERINGS:
         raise ValueError(f"unknown lowering {lowering!r}; expected one of {LOWERINGS}")
-    if lowering != "matmul":
-        return model
-    replacements = {SpectralConv: SpectralConvMatmul, SpectralMix: SpectralMixMatmul}
-    for name, module in list(model.named_modules()):
-        if type(module) in replacements:
-            model.set_submodule(name, replacements[type(module)](module))
+    choices = choices or {}
+    for name, layer in list(spectral_layers(model)):
+        choice = choices.get(name) or default_layer_lowering(layer, lowering)
+        if choice != "fft":
+            model.set_submodule(name, lower_layer(layer, choice))
     return model

@@ -69,7 +69,7 @@ def split_pointwise_weight(pointwise: FreqConv1x1, in_planes: int) -> Tensor:
     return torch.roll(weight, shifts=(-(weight.shape[0] // 2), -(in_planes // 2)), dims=(0, 1))
 
 
-class _FixedSpectrum(nn.Module):
+class FixedSpectrum(nn.Module):
     """A fixed half spectrum, stored as real [..., n, n//2+1, 2] so every exporter can carry it, and a bias.
 
     ``irfft2(product(rfft2(x), H)) + bias``; transforms run in the spectrum's precision because CPU FFTs
@@ -87,7 +87,7 @@ class _FixedSpectrum(nn.Module):
     def complex_spectrum(self) -> Tensor:
         return torch.view_as_complex(self.spectrum.double())
 
-    def scaled(self, scale: Tensor, shift: Tensor) -> _FixedSpectrum:
+    def scaled(self, scale: Tensor, shift: Tensor) -> FixedSpectrum:
         """The same layer followed by ``y ↦ scale·y + shift`` per output channel (an eval-mode BatchNorm)."""
         shape = [1] * (self.spectrum.dim() - 1)
         shape[self.output_axis] = -1
@@ -104,7 +104,7 @@ class _FixedSpectrum(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-class SpectralConv(_FixedSpectrum):
+class SpectralConv(FixedSpectrum):
     """Depthwise circular convolution by a fixed filter: a per-channel product with ``H`` [C, n, n//2+1]."""
 
     output_axis = 0
@@ -116,7 +116,7 @@ class SpectralConv(_FixedSpectrum):
         return f"{self.spectrum.shape[0]}, size={self.size}, bias={self.bias is not None}"
 
 
-class SpectralMix(_FixedSpectrum):
+class SpectralMix(FixedSpectrum):
     """Full convolution by fixed filters: per frequency, a complex [C_in → C_out] mix with ``H`` [C_in, C_out, n, m]."""
 
     output_axis = 1

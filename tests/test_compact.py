@@ -187,6 +187,12 @@ def test_compact_export_records_what_it_approximated(compact_digits):
         "torchscript (fp32) vs compact",
     }
     assert meta["artifacts"]["onnx"]["opset"] == 19
+    # The layers that stayed spectral (maps 8 and 4) are lowered like an exact export's, and recorded.
+    spectral = [c["layer"] for c in record["layers"] if c["kernel"] is None]
+    for fmt, lowering in (("onnx", "kronecker"), ("torchscript", "fft")):
+        layers = meta["artifacts"][fmt]["spectral_layers"]
+        assert [layer["layer"] for layer in layers] == spectral
+        assert {layer["lowering"] for layer in layers} == {lowering}
 
 
 def test_compact_onnx_pads_with_one_wrap_node_per_layer(compact_digits):

@@ -68,13 +68,16 @@ def test_options_are_recorded_where_the_server_reads_them(exported: Path) -> Non
 
 
 def test_written_parity_rows_have_the_documented_keys(exported: Path) -> None:
-    """docs/model-repository.md's example is a valid niff.json, and its parity rows are keyed as written."""
+    """docs/model-repository.md's example is a valid niff.json, keyed as written down to parity rows and layers."""
     doc = (ROOT / "docs" / "model-repository.md").read_text()
     example = json.loads(re.search(r"```json\n(.*?)\n```", doc, re.S).group(1))
     Manifest.model_validate(example)
     written = json.loads((exported / "niff.json").read_text())
     assert example["parity"]["rows"][0].keys() == written["parity"]["rows"][0].keys()
     assert example.keys() == written.keys()
+    documented, onnx = example["artifacts"]["onnx"], written["artifacts"]["onnx"]
+    assert documented.keys() == onnx.keys()
+    assert documented["spectral_layers"][0].keys() == onnx["spectral_layers"][0].keys()
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,19 @@ def test_exports_a_checkpoint(checkpoint, tmp_path):
     assert {p.name for p in (tmp_path / "cifar" / "1").iterdir()} == {"model.onnx", "model.pt"}
 
 
+def test_tune_adds_a_stage_and_reports_the_choices(checkpoint, tmp_path):
+    done = run(str(checkpoint), "--size", str(SMALL), "--out", str(tmp_path), "--format", "onnx", "--tune")
+    assert done.returncode == 0, done.stderr
+    assert "[3/5] Tuning the spectral layers for onnx" in done.stderr and "[5/5] Checking parity" in done.stderr
+    record = json.loads((tmp_path / "resnet18_split" / "niff.json").read_text())["artifacts"]["onnx"]
+    assert record["tuning"]["batch"] == 8 and record["tuning"]["runtime"].startswith("onnxruntime ")
+    layers = record["spectral_layers"]
+    assert all(layer["timings_ms"].keys() == {"separable", "kronecker"} for layer in layers)
+    counts = {name: sum(layer["lowering"] == name for layer in layers) for name in ("kronecker", "separable")}
+    shown = ", ".join(f"{count} {name}" for name, count in counts.items() if count)
+    assert f"onnx, matmul lowering ({shown})" in done.stdout
+
+
 def main_(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """``niff-export ARGS`` in-process: exit status, stdout, stderr."""
     try:
@@ -70,6 +83,7 @@ def test_help_explains_every_option(capsys):
         "--max-batch-size",
         "--model-version",
         "--version",
+        "--tune",
     ):
         assert option in out
     assert "resnet50_split" in out and "matmul" in out

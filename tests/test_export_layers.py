@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -13,9 +14,22 @@ from reference_vectors import layer_for, relative_error, vectors
 from niff.layers import FreqConv1x1, FreqConvDW, split_conv
 from niff_export import bake, lower
 from niff_export.artifacts import write_onnx
+from niff_export.lowering import (
+    KRONECKER_MAX_SIZE,
+    LAYER_LOWERINGS,
+    MATMUL_LOWERINGS,
+    default_layer_lowering,
+    spectral_layers,
+)
 from niff_export.spectral import SpectralConv, SpectralMix, half_spectrum
 
 GOLDEN_LAYERS = [g for g in vectors() if g.is_layer]
+
+
+def lowered(baked: torch.nn.Module, choice: str) -> torch.nn.Module:
+    """``baked`` with every spectral layer lowered the way ``choice`` (a per-layer lowering) says."""
+    family = "torch" if choice == "fft" else "matmul"
+    return lower(baked, family, {name: choice for name, _ in spectral_layers(baked)})
 
 
 def _loaded(golden):
@@ -25,21 +39,22 @@ def _loaded(golden):
     return layer.eval(), data
 
 
-@pytest.mark.parametrize("lowering", ["torch", "matmul"])
+@pytest.mark.parametrize("choice", LAYER_LOWERINGS)
 @pytest.mark.parametrize("golden", GOLDEN_LAYERS, ids=lambda g: g.file)
-def test_baked_layer_matches_reference(golden, lowering):
+def test_baked_layer_matches_reference(golden, choice):
     layer, data = _loaded(golden)
-    baked = lower(bake(layer, golden.meta["H"], example=data["input"]), lowering)
+    baked = lowered(bake(layer, golden.meta["H"], example=data["input"]), choice)
     assert not any(isinstance(m, (FreqConvDW, FreqConv1x1)) for m in baked.modules())
     with torch.no_grad():
         out = baked(data["input"])
     assert relative_error(out, data["output"]) <= 1e-5
 
 
+@pytest.mark.parametrize("choice", MATMUL_LOWERINGS)
 @pytest.mark.parametrize("golden", [g for g in GOLDEN_LAYERS if g.meta["C"] == 16], ids=lambda g: g.file)
-def test_onnx_layer_matches_reference(golden, tmp_path):
+def test_onnx_layer_matches_reference(golden, choice, tmp_path):
     layer, data = _loaded(golden)
-    baked = lower(bake(layer, golden.meta["H"], example=data["input"]), "matmul")
+    baked = lowered(bake(layer, golden.meta["H"], example=data["input"]), choice)
     path = tmp_path / "layer.onnx"
     write_onnx(baked, data["input"], path, "matmul", None)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -66,9 +81,9 @@ def test_tiny_and_odd_maps(make, size):
     x = torch.randn(3, 3, size, size)
     with torch.no_grad():
         reference = layer(x)
-        for lowering in ("torch", "matmul"):
-            out = lower(bake(layer, size, example=x), lowering)(x)
-            assert relative_error(out, reference) <= 1e-5, lowering
+        for choice in LAYER_LOWERINGS:
+            out = lowered(bake(layer, size, example=x), choice)(x)
+            assert relative_error(out, reference) <= 1e-5, choice
 
 
 def test_batchnorm_folds_into_spectral_filter():
@@ -86,11 +101,45 @@ def test_batchnorm_folds_into_spectral_filter():
         assert relative_error(baked(x), model(x)) <= 1e-6
 
 
-def test_matmul_mix_equals_fft_mix():
-    generator = torch.Generator().manual_seed(1)
-    spectrum = torch.complex(torch.randn(3, 4, 6, 4, generator=generator), torch.randn(3, 4, 6, 4, generator=generator))
-    mix = SpectralMix(spectrum.to(torch.complex128), torch.randn(4, generator=generator))
-    lowered = lower(torch.nn.Sequential(copy.deepcopy(mix)), "matmul")
-    x = torch.randn(2, 3, 6, 6, generator=generator)
+@pytest.mark.parametrize("choice", MATMUL_LOWERINGS)
+@pytest.mark.parametrize("size", [5, 6])
+def test_matmul_mix_equals_fft_mix(choice, size):
+    generator = torch.Generator().manual_seed(size)
+    m = size // 2 + 1
+    spectrum = torch.complex(*(torch.randn(3, 4, size, m, generator=generator, dtype=torch.float64) for _ in range(2)))
+    mix = SpectralMix(spectrum, torch.randn(4, generator=generator))
+    model = lowered(torch.nn.Sequential(copy.deepcopy(mix)), choice)
+    x = torch.randn(2, 3, size, size, generator=generator)
     with torch.no_grad():
-        np.testing.assert_allclose(lowered(x).numpy(), mix(x).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(model(x).numpy(), mix(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("choice", MATMUL_LOWERINGS)
+@pytest.mark.parametrize("mixes", [False, True], ids=["depthwise", "full"])
+def test_lowered_layer_keeps_the_batch_dimension_symbolic(choice, mixes, tmp_path):
+    """ONNX shape inference must see the layer's output batch as the input's, so runtimes keep fusing around it."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (4, 6, 9, 9) if mixes else (4, 9, 9)
+    full = torch.complex(*(torch.randn(shape, generator=generator, dtype=torch.float64) for _ in range(2)))
+    layer = SpectralMix(half_spectrum(full)) if mixes else SpectralConv(half_spectrum(full))
+    path = tmp_path / "layer.onnx"
+    write_onnx(lowered(torch.nn.Sequential(layer), choice), torch.randn(2, 4, 9, 9), path, "matmul", None)
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    dims = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert batch and dims == [batch, 6 if mixes else 4, 9, 9]
+    assert {node.op_type for node in graph.node} <= {"MatMul", "Mul", "Reshape", "Transpose", "Constant"}
+
+
+def test_default_table():
+    def layer(size):
+        return SpectralConv(torch.ones(2, size, size // 2 + 1, dtype=torch.complex128))
+
+    assert default_layer_lowering(layer(KRONECKER_MAX_SIZE), "matmul") == "kronecker"
+    assert default_layer_lowering(layer(KRONECKER_MAX_SIZE + 1), "matmul") == "separable"
+    assert default_layer_lowering(layer(56), "torch") == default_layer_lowering(layer(4), "dft") == "fft"
+    model = torch.nn.Sequential(layer(4), layer(14))
+    with pytest.raises(ValueError, match="unknown layer lowering 'cufft'"):
+        lower(model, "matmul", {"0": "cufft"})
+    chosen = lower(model, "matmul", {"1": "kronecker"})
+    assert [type(m).__name__ for m in chosen] == ["KroneckerLowering", "KroneckerLowering"]

@@ -17,7 +17,9 @@ from reference_vectors import relative_error, vectors
 
 import niff
 from niff_contract import parse_config, sha256_file
-from niff_export import FORMATS, export_checkpoint, export_model, lowering_for
+from niff_export import FORMATS, bake, export_checkpoint, export_model, lower, lowering_for
+from niff_export.artifacts import write_onnx
+from niff_export.lowering import KRONECKER_MAX_SIZE, MATMUL_LOWERINGS, spectral_layers
 
 SMALL = 32
 
@@ -104,6 +106,41 @@ def test_every_lowering(small_model, tmp_path):
     assert "DFT" in ops["dft"] and "DFT" not in ops["matmul"] and "MatMul" in ops["matmul"]
 
 
+@pytest.mark.parametrize("choice", MATMUL_LOWERINGS)
+@pytest.mark.parametrize("name", ["resnet18_full", "mobilenet_v2"])
+def test_every_layer_lowering_on_whole_models(name, choice, tmp_path):
+    """Each per-layer lowering, forced on every spectral layer (depthwise or full), exported and run in ONNX Runtime."""
+    model = zoo_model(name, 48)
+    baked = bake(model, 48)
+    lowered = lower(baked, "matmul", {layer: choice for layer, _ in spectral_layers(baked)})
+    path = tmp_path / "model.onnx"
+    write_onnx(lowered, torch.randn(2, 3, 48, 48), path, "matmul", None)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+    assert relative_error(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), reference) <= 1e-4
+
+
+def test_tune_times_every_candidate_and_keeps_the_fastest(small_model, tmp_path):
+    result = export_model(small_model, SMALL, tmp_path, tune=True, max_batch_size=4)
+    assert result.parity.passed
+    meta = json.loads((result.path / "niff.json").read_text())
+    expected = {"onnx": {"separable", "kronecker"}, "torchscript": {"fft", "separable", "kronecker"}}
+    names = [name for name, _ in spectral_layers(bake(small_model, SMALL))]
+    for fmt, info in meta["artifacts"].items():
+        assert info["tuning"]["batch"] == 4
+        layers = info["spectral_layers"]
+        assert [layer["layer"] for layer in layers] == names
+        for layer in layers:
+            timings = layer["timings_ms"]
+            assert set(timings) == expected[fmt] and all(t > 0 for t in timings.values())
+            assert layer["lowering"] == min(timings, key=timings.get)
+    script_graph = str(torch.jit.load(str(result.path / "1" / "model.pt")).inlined_graph)
+    torchscript_layers = meta["artifacts"]["torchscript"]["spectral_layers"]
+    assert ("aten::fft_rfft2" in script_graph) == any(layer["lowering"] == "fft" for layer in torchscript_layers)
+
+
 def test_fp16_artifacts_keep_float32_interface(small_model, tmp_path):
     result = export_model(small_model, SMALL, tmp_path, fp16=True)
     assert result.parity.passed and result.parity.tolerance == 1e-2
@@ -114,8 +151,9 @@ def test_fp16_artifacts_keep_float32_interface(small_model, tmp_path):
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
 
 
-def test_torchscript_runs_without_our_packages(small_model, tmp_path):
-    result = export_model(small_model, SMALL, tmp_path, formats=["torchscript"])
+@pytest.mark.parametrize("fft", ["torch", "matmul"])
+def test_torchscript_runs_without_our_packages(small_model, tmp_path, fft):
+    result = export_model(small_model, SMALL, tmp_path, formats=["torchscript"], fft=fft)
     x = torch.randn(4, 3, SMALL, SMALL)
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
@@ -148,6 +186,13 @@ def test_repository_files_describe_the_model(small_model, tmp_path):
     assert meta["parity"]["passed"] and meta["parity"]["rows"]
     for info in meta["artifacts"].values():
         assert info["sha256"] == sha256_file(result.path / info["path"])
+        assert info["tuning"] is None
+    layers = meta["artifacts"]["onnx"]["spectral_layers"]
+    assert len(layers) == len(list(spectral_layers(bake(small_model, SMALL)))) > 0
+    for layer in layers:
+        assert layer["kind"] == "depthwise" and layer["timings_ms"] == {}
+        assert layer["lowering"] == ("kronecker" if layer["map_size"] <= KRONECKER_MAX_SIZE else "separable")
+    assert {layer["lowering"] for layer in meta["artifacts"]["torchscript"]["spectral_layers"]} == {"fft"}
     assert {"torch", "onnx", "onnxruntime", "niff"} <= meta["versions"].keys()
     assert (result.path / "labels.txt").read_text().splitlines() == [f"c{i}" for i in range(10)]
     config = parse_config((result.path / "config.pbtxt").read_text())
