@@ -37,6 +37,7 @@ from niff_contract.triton_config import (
     ModelConfig,
     config_json,
     config_text,
+    message_json,
     model_config,
     parse_config,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "describe_errors",
     "inside",
     "labels_text",
+    "message_json",
     "model_config",
     "parse_config",
     "parse_labels",

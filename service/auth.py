@@ -1,4 +1,7 @@
-"""Optional bearer-token auth for model endpoints; health and metrics stay open for probes and scrapers."""
+"""Optional bearer-token auth for model endpoints; health and metrics stay open for probes and scrapers.
+
+One check for both transports: HTTP's ``Authorization`` header and gRPC's ``authorization`` metadata.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +10,30 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from niff_serve.errors import Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="The server's NIFF_API_KEY, when it has one.")
 
 
+def check_api_key(key: SecretStr | None, token: str | None) -> None:
+    """Pass when no key is configured or ``token`` matches it (constant-time comparison)."""
+    if key is None:
+        return
+    if token is None:
+        raise Unauthorized("this endpoint needs 'Authorization: Bearer <api key>'")
+    if not hmac.compare_digest(token.encode(), key.get_secret_value().encode()):
+        raise Unauthorized("the API key is not valid")
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of a ``Bearer <token>`` credential (the scheme in any case), else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 async def require_api_key(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """Pass when no key is configured or the bearer token matches it (constant-time comparison)."""
-    key = request.app.state.service.settings.api_key
-    if key is None:
-        return
-    if credentials is None:
-        raise Unauthorized("this endpoint needs 'Authorization: Bearer <api key>'")
-    if not hmac.compare_digest(credentials.credentials.encode(), key.get_secret_value().encode()):
-        raise Unauthorized("the API key is not valid")
+    check_api_key(request.app.state.service.settings.api_key, credentials and credentials.credentials)

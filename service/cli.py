@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
 from typing import Literal, NoReturn, get_args, get_origin
 
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     """One option per setting, its help text taken from the setting's description."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Serve every model folder of a model repository over HTTP (REST classify and KServe v2).",
+        description="Serve every model folder of a model repository over HTTP (REST classify and KServe v2) "
+        "and gRPC (KServe v2).",
         epilog="Every option can also be set by its environment variable; the command line wins.",
     )
     for name, field in Settings.model_fields.items():
@@ -85,13 +87,26 @@ class DrainingServer(uvicorn.Server):
 
     On SIGTERM readiness turns false at once and the server keeps serving for ``delay_s`` (so load
     balancers stop routing to it); then it stops accepting connections and finishes the requests in
-    flight. A second signal skips the rest of the delay.
+    flight. A second signal skips the rest of the delay. ``drain_also`` begins the drain of the
+    other listener (gRPC) at the same moment as HTTP's.
     """
 
-    def __init__(self, config: uvicorn.Config, state: ServiceState, delay_s: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        state: ServiceState,
+        delay_s: float,
+        drain_also: Callable[[], Awaitable[None]],
+    ) -> None:
         super().__init__(config)
         self._state = state
         self._delay_s = delay_s
+        self._drain_also = drain_also
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        draining = self._drain_also()  # begins now; the app's lifespan waits for it before stopping the models
+        await super().shutdown(sockets)
+        await draining
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         stop = super().handle_exit
@@ -135,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Every request ends by its deadline, so in-flight work is done by then.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 2,
     )
-    server = DrainingServer(config, state, settings.shutdown_delay_s)
+    server = DrainingServer(config, state, settings.shutdown_delay_s, app.state.grpc.stop)
     try:
         server.run()
     except SystemExit:

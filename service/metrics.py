@@ -53,6 +53,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=reg,
         )
+        self.grpc_requests = Counter(
+            "niff_grpc_requests",
+            "gRPC calls answered, by method and status code.",
+            ["method", "code"],
+            registry=reg,
+        )
+        self.grpc_request_seconds = Histogram(
+            "niff_grpc_request_duration_seconds",
+            "Time from a gRPC call's start to its answer.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
         model = ["model"]
         self._batch_size = Histogram(
             "niff_batch_size", "Images per inference call.", model, buckets=_BATCH_BUCKETS, registry=reg

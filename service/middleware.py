@@ -7,7 +7,6 @@ notice client disconnects.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 
@@ -15,15 +14,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from niff_serve.logs import request_id_var
+from niff_serve.logs import request_id_var, valid_request_id
 from niff_serve.metrics import Metrics
 
 access_logger = logging.getLogger("niff_serve.access")
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
-# Visible ASCII only, so a client cannot inject line breaks or control bytes into the logs.
-_VALID_REQUEST_ID = re.compile(r"[!-~]{1,128}")
 
 
 class RequestContextMiddleware:
@@ -79,6 +76,5 @@ class RequestContextMiddleware:
 def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            text = value.decode("latin-1")
-            return text if _VALID_REQUEST_ID.fullmatch(text) else None
+            return valid_request_id(value.decode("latin-1"))
     return None

@@ -36,7 +36,7 @@ def make_serve(tmp_path_factory):
     port, models = _free_port(), tmp_path_factory.mktemp("models")
     venv = Path(sys.executable).parent.parent
     process = subprocess.Popen(
-        ["make", "serve", f"PORT={port}", f"MODELS={models}", f"VENV={venv}"],
+        ["make", "serve", f"PORT={port}", f"GRPC_PORT={_free_port()}", f"MODELS={models}", f"VENV={venv}"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
