@@ -92,10 +92,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     XDG_CACHE_HOME=/tmp/.cache \
     NIFF_MODEL_REPOSITORY=/models \
     NIFF_HOST=0.0.0.0 \
-    NIFF_PORT=8000
+    NIFF_PORT=8000 \
+    NIFF_GRPC_PORT=8001
 
 VOLUME ["/models"]
-EXPOSE 8000
+# HTTP (REST, KServe v2, probes, metrics) and gRPC (KServe v2).
+EXPOSE 8000 8001
 
 USER 10001:10001
 
