@@ -12,17 +12,30 @@ preprocessed tensors with nothing else on the machine.
 
 Modes: ``classify`` posts JPEG photos to ``/v1/models/{name}:classify`` (decode and preprocessing
 included, the real use); ``v2`` posts preprocessed FP32 tensors with the binary extension to
-``/v2/models/{name}/infer`` (service overhead without image decoding).
+``/v2/models/{name}/infer`` (service overhead without image decoding); ``grpc`` sends the same tensors
+as KServe v2 ``ModelInfer`` calls in ``raw_input_contents`` to the gRPC port. Every client sends request
+bytes built once and reads the answer's bytes without decoding them, so the client side costs the same
+little for every protocol.
+
+Several modes (``--mode v2,grpc``) and request sizes (``--images-per-request 1,16``) run against the one
+server, interleaved: each of ``--rounds`` rounds runs every (size, clients, mode) cell once, the mode
+order rotating from round to round. Each cell reports the median over rounds, and a second table the
+median over rounds of each mode's throughput relative to the first mode's in the same round.
+
+    python benchmarks/service_load.py --model-repository models --model digits --mode v2,grpc \\
+        --images-per-request 1,16 --concurrency 1,16,64 --rounds 5 --requests 400 --duration 20
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,12 +45,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2
 
+from niff_contract import read_model_folder
 from niff_serve.backends import load_backend
-from niff_serve.repository import read_model_folder
 from niff_serve.settings import Settings
+
+MODES = ("classify", "v2", "grpc")
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 @dataclass
@@ -53,21 +71,17 @@ class LevelResult:
     def throughput(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        return float(np.percentile(self.latencies, q)) * 1000
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-repository", type=Path, required=True)
     parser.add_argument("--model", required=True, help="Model folder name to load.")
-    parser.add_argument("--mode", choices=("classify", "v2"), default="classify")
+    parser.add_argument("--mode", default="classify", help=f"Comma-separated, of {', '.join(MODES)}.")
     parser.add_argument("--concurrency", default="1,4,16,32", help="Comma-separated client counts.")
     parser.add_argument("--requests", type=int, default=300, help="Requests per level (after warm-up).")
     parser.add_argument("--duration", type=float, default=60.0, help="Most seconds per level.")
-    parser.add_argument("--images-per-request", type=int, default=1)
+    parser.add_argument("--images-per-request", default="1", help="Comma-separated image counts per request.")
+    parser.add_argument("--rounds", type=int, default=1, help="Times every cell runs, interleaved.")
     parser.add_argument("--raw-seconds", type=float, default=10.0, help="How long to time the raw backend.")
     parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torchscript"))
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -83,10 +97,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--honor-retry-after",
         action="store_true",
-        help="Clients wait as a 503's Retry-After says before their next request (as well-behaved clients do); "
-        "without it a rejected client retries at once.",
+        help="Clients wait as a refusal's Retry-After says (HTTP 503, gRPC UNAVAILABLE) before their next request "
+        "(as well-behaved clients do); without it a rejected client retries at once.",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.modes = args.mode.split(",")
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+    args.sizes = [int(n) for n in args.images_per_request.split(",")]
+    return args
 
 
 def raw_backend_throughput(args: argparse.Namespace) -> tuple[float, str]:
@@ -120,13 +140,14 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m niff_serve`` on 127.0.0.1 with a free port; its JSON log goes to a temporary file."""
+    """``python -m niff_serve`` on 127.0.0.1 with free HTTP and gRPC ports; its JSON log goes to a temporary file."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="niff-serve-", suffix=".log", delete=False)  # noqa: SIM115
         command = [sys.executable, "-m", "niff_serve", "--model-repository", str(args.model_repository)]
-        command += ["--port", str(self.port), "--backend", args.backend, "--device", args.device]
+        command += ["--port", str(self.port), "--grpc-port", str(self.grpc_port)]
+        command += ["--backend", args.backend, "--device", args.device]
         command += ["--max-batch-size", str(args.max_batch_size), "--backend-threads", str(args.backend_threads)]
         command += ["--log-level", "warning", *args.server_arg]
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIFF_")}
@@ -175,15 +196,58 @@ class Server:
         self.log.close()
 
 
-def request_bodies(args: argparse.Namespace) -> list[tuple[str, bytes, dict[str, str]]]:
-    """(path, body, headers) per distinct request; clients cycle through them."""
-    n = args.images_per_request
-    if args.mode == "classify":
+class HttpClient:
+    """One keep-alive connection; ``send`` answers (status, Retry-After seconds or None)."""
+
+    def __init__(self, server: Server, timeout: float) -> None:
+        self._connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+
+    def send(self, request: object) -> tuple[str, float | None]:
+        path, body, headers = request  # type: ignore[misc]
+        try:
+            self._connection.request("POST", path, body=body, headers=headers)
+            response = self._connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._connection.close()
+            return type(exc).__name__, None
+        if response.getheader("Connection", "").lower() == "close":
+            self._connection.close()
+        retry_after = response.getheader("Retry-After")
+        return str(response.status), float(retry_after) if retry_after else None
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class GrpcClient:
+    """A channel of its own (one HTTP/2 connection) sending serialized ``ModelInferRequest`` bytes."""
+
+    def __init__(self, server: Server, timeout: float) -> None:
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        self._call = self._channel.unary_unary(MODEL_INFER)  # no (de)serializers: bytes in, bytes out
+        self._timeout = timeout
+
+    def send(self, request: object) -> tuple[str, float | None]:
+        try:
+            self._call(request, timeout=self._timeout)
+        except grpc.RpcError as error:
+            retry_after = dict(error.trailing_metadata() or ()).get("retry-after")  # type: ignore[attr-defined]
+            return error.code().name, float(retry_after) if retry_after else None  # type: ignore[attr-defined]
+        return "OK", None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def requests_for(args: argparse.Namespace, mode: str, images: int) -> list[object]:
+    """The distinct requests of one cell; clients cycle through them."""
+    if mode == "classify":
         from sklearn.datasets import load_sample_images
 
         photos = [Path(f).read_bytes() for f in load_sample_images().filenames]
         path = f"/v1/models/{args.model}:classify?top_k=5"
-        if n == 1:
+        if images == 1:
             return [(path, photo, {"Content-Type": "image/jpeg"}) for photo in photos]
         boundary = "niffbenchmark"
         parts = b"".join(
@@ -191,12 +255,20 @@ def request_bodies(args: argparse.Namespace) -> list[tuple[str, bytes, dict[str,
             f"Content-Type: image/jpeg\r\n\r\n".encode()
             + photos[i % len(photos)]
             + b"\r\n"
-            for i in range(n)
+            for i in range(images)
         )
         body = parts + f"--{boundary}--\r\n".encode()
         return [(path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})]
     shape = read_model_folder(args.model_repository / args.model).manifest.input.shape
-    tensor = np.random.default_rng(1).standard_normal((n, *shape), dtype=np.float32)
+    tensor = np.random.default_rng(1).standard_normal((images, *shape), dtype=np.float32)
+    if mode == "grpc":
+        request = service_pb2.ModelInferRequest(
+            model_name=args.model,
+            inputs=[service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=tensor.shape)],
+            outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name="logits")],
+            raw_input_contents=[tensor.tobytes()],
+        )
+        return [request.SerializeToString()]
     header = json.dumps(
         {
             "inputs": [
@@ -214,8 +286,10 @@ def request_bodies(args: argparse.Namespace) -> list[tuple[str, bytes, dict[str,
     return [(f"/v2/models/{args.model}/infer", header + tensor.tobytes(), headers)]
 
 
-def run_level(server: Server, args: argparse.Namespace, concurrency: int, bodies: list) -> LevelResult:
-    """Closed loop: ``concurrency`` clients, each on its own keep-alive connection, until the bounds."""
+def run_level(
+    server: Server, args: argparse.Namespace, mode: str, images: int, concurrency: int, requests: list[object]
+) -> LevelResult:
+    """Closed loop: ``concurrency`` clients, each on its own connection, until the bounds."""
     result = LevelResult(concurrency)
     lock = threading.Lock()
     warmup = concurrency * 2
@@ -223,9 +297,10 @@ def run_level(server: Server, args: argparse.Namespace, concurrency: int, bodies
     stop_at = time.monotonic() + args.duration
     measuring = threading.Event()
     started: list[float] = []
+    ok = "OK" if mode == "grpc" else "200"
 
     def client(worker: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=args.request_timeout)
+        connection = (GrpcClient if mode == "grpc" else HttpClient)(server, args.request_timeout)
         i = worker
         while time.monotonic() < stop_at:
             with lock:
@@ -236,30 +311,19 @@ def run_level(server: Server, args: argparse.Namespace, concurrency: int, bodies
                 if counted and not measuring.is_set():
                     started.append(time.perf_counter())
                     measuring.set()
-            path, body, headers = bodies[i % len(bodies)]
+            request = requests[i % len(requests)]
             i += 1
             t0 = time.perf_counter()
-            retry_after = None
-            try:
-                connection.request("POST", path, body=body, headers=headers)
-                response = connection.getresponse()
-                response.read()
-                status = str(response.status)
-                retry_after = response.getheader("Retry-After")
-                if response.getheader("Connection", "").lower() == "close":
-                    connection.close()
-            except (OSError, http.client.HTTPException) as exc:
-                status = type(exc).__name__
-                connection.close()
+            status, retry_after = connection.send(request)
             elapsed = time.perf_counter() - t0
-            if args.honor_retry_after and status == "503" and retry_after:
-                time.sleep(float(retry_after))
+            if args.honor_retry_after and status != ok and retry_after:
+                time.sleep(retry_after)
             if counted:
                 with lock:
                     result.statuses[status] += 1
-                    if status == "200":
+                    if status == ok:
                         result.latencies.append(elapsed)
-                        result.images += args.images_per_request
+                        result.images += images
         connection.close()
 
     before = server.batch_histogram(args.model)
@@ -276,31 +340,61 @@ def run_level(server: Server, args: argparse.Namespace, concurrency: int, bodies
     return result
 
 
+def percentile(results: list[LevelResult], q: float) -> float:
+    latencies = [t for r in results for t in r.latencies]
+    return float(np.percentile(latencies, q)) * 1000 if latencies else float("nan")
+
+
 def main() -> None:
     args = parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     raw, raw_description = raw_backend_throughput(args)
     print(f"raw backend: {raw:.1f} img/s ({raw_description}, {os.cpu_count()} CPUs)", flush=True)
-    bodies = request_bodies(args)
+    requests = {(mode, n): requests_for(args, mode, n) for mode in args.modes for n in args.sizes}
     server = Server(args)
+    cells = list(itertools.product(args.sizes, levels))
+    results: dict[tuple[str, int, int], list[LevelResult]] = {}
+    started = time.monotonic()
     try:
         print(
-            f"\nmode {args.mode}, {args.images_per_request} image(s)/request, {args.requests} requests or "
-            f"{args.duration:g} s per level, server options: {' '.join(args.server_arg) or 'defaults'}\n"
+            f"\nmodes {', '.join(args.modes)}; {args.rounds} round(s); {args.requests} requests or {args.duration:g} s "
+            f"per cell; server options: {' '.join(args.server_arg) or 'defaults'}\n",
+            flush=True,
         )
-        print("| clients | img/s | p50 ms | p99 ms | mean batch | vs raw | answers |")
-        print("|---:|---:|---:|---:|---:|---:|---|")
-        for concurrency in levels:
-            level = run_level(server, args, concurrency, bodies)
-            answers = ", ".join(f"{status}: {count}" for status, count in sorted(level.statuses.items()))
-            print(
-                f"| {concurrency} | {level.throughput:.1f} | {level.percentile(50):.1f} | {level.percentile(99):.1f} "
-                f"| {level.mean_batch:.2f} | {level.throughput / raw:.0%} | {answers} |",
-                flush=True,
-            )
+        for round_index in range(args.rounds):
+            shift = round_index % len(args.modes)
+            order = args.modes[shift:] + args.modes[:shift]
+            for (images, clients), mode in itertools.product(cells, order):
+                level = run_level(server, args, mode, images, clients, requests[mode, images])
+                results.setdefault((mode, images, clients), []).append(level)
+            print(f"round {round_index + 1}/{args.rounds} done after {time.monotonic() - started:.0f} s", flush=True)
     finally:
         server.stop()
-    print(f"\nserver log: {server.log.name}")
+    print("\n| mode | img/request | clients | img/s | p50 ms | p99 ms | mean batch | vs raw | answers |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for (images, clients), mode in itertools.product(cells, args.modes):
+        runs = results[mode, images, clients]
+        throughput = statistics.median(r.throughput for r in runs)
+        answers = sum((r.statuses for r in runs), Counter())
+        batch = statistics.median(r.mean_batch for r in runs)
+        print(
+            f"| {mode} | {images} | {clients} | {throughput:.1f} | {percentile(runs, 50):.1f} | "
+            f"{percentile(runs, 99):.1f} | {batch:.2f} | {throughput / raw:.0%} "
+            f"| {', '.join(f'{status}: {count}' for status, count in sorted(answers.items()))} |"
+        )
+    if len(args.modes) > 1:
+        base = args.modes[0]
+        print(f"\nThroughput relative to {base}, median of the rounds' ratios (each round's ratios in brackets):\n")
+        print(f"| img/request | clients | {' | '.join(f'{mode} / {base}' for mode in args.modes[1:])} |")
+        print(f"|---:|---:|{'---:|' * (len(args.modes) - 1)}")
+        for images, clients in cells:
+            ratios = []
+            for mode in args.modes[1:]:
+                pairs = zip(results[mode, images, clients], results[base, images, clients], strict=True)
+                each = [r.throughput / b.throughput if b.throughput else float("nan") for r, b in pairs]
+                ratios.append(f"{statistics.median(each):.2f} ({', '.join(f'{x:.2f}' for x in each)})")
+            print(f"| {images} | {clients} | {' | '.join(ratios)} |")
+    print(f"\n{time.monotonic() - started:.0f} s of load; server log: {server.log.name}")
 
 
 if __name__ == "__main__":
