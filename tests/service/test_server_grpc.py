@@ -99,6 +99,41 @@ def test_health_and_metadata_match_http(
     assert set(server_metadata["extensions"]) >= {"model_configuration", "statistics", "model_repository"}
 
 
+def test_aio_client_answers_every_call_as_the_sync_one(
+    tc: triton.InferenceServerClient, server: ServerProcess, batch: np.ndarray
+) -> None:
+    async def run() -> tuple[list[object], np.ndarray]:
+        client = triton_aio.InferenceServerClient(server.grpc_url)
+        try:
+            answers = [
+                await client.is_server_live(),
+                await client.is_server_ready(),
+                await client.is_model_ready(MINI, headers=AUTH),
+                await client.get_server_metadata(headers=AUTH),
+                await client.get_model_metadata(MINI, headers=AUTH),
+                await client.get_model_config(MINI, headers=AUTH),
+                await client.get_model_repository_index(headers=AUTH),
+                (await client.get_inference_statistics(MINI, headers=AUTH)).model_stats[0].name,
+            ]
+            result = await client.infer(TINY, [tensor_input(batch)], headers=AUTH)
+            return answers, result.as_numpy("logits")
+        finally:
+            await client.close()
+
+    answers, logits = asyncio.run(run())
+    assert answers == [
+        True,
+        True,
+        True,
+        tc.get_server_metadata(headers=AUTH),
+        tc.get_model_metadata(MINI, headers=AUTH),
+        tc.get_model_config(MINI, headers=AUTH),
+        tc.get_model_repository_index(headers=AUTH),
+        MINI,
+    ]
+    np.testing.assert_array_equal(logits, tc.infer(TINY, [tensor_input(batch)], headers=AUTH).as_numpy("logits"))
+
+
 def test_fp32_tensor_raw_and_in_contents_equal_the_http_answer(
     tc: triton.InferenceServerClient,
     http: triton_http.InferenceServerClient,
