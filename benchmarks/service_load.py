@@ -5,7 +5,9 @@ before sending the next) until the level's request count or time bound is reache
 throughput (images/s), p50/p99 latency of successful requests, mean batch size (from the server's
 ``niff_batch_size`` histogram), the answers by status, and throughput as a fraction of the raw backend
 throughput: the same backend, loaded in this process before the server starts, running full batches of
-preprocessed tensors with nothing else on the machine.
+preprocessed tensors with nothing else on the machine. Then the server's CPU time per request, from
+/proc for the server and its worker processes, split by stage with the server's ``niff_cpu_seconds``
+counters; "other" is what no stage counts (HTTP or gRPC framing, routing, body reading, logging, metrics).
 
     python benchmarks/service_load.py --model-repository models --model resnet50_split \\
         --concurrency 1,8,32,64 --requests 400 --duration 60
@@ -66,6 +68,8 @@ class LevelResult:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     mean_batch: float = 0.0
+    cpu_s: float = 0.0
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -173,6 +177,28 @@ class Server:
             return response.status, response.read()
         finally:
             connection.close()
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the server process and its worker processes so far."""
+        pids = [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        if children.exists():
+            pids += [int(pid) for pid in children.read_text().split()]
+        total = 0.0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def stage_cpu(self, model: str) -> dict[str, float]:
+        """The server's ``niff_cpu_seconds`` counters for ``model``, by stage."""
+        text = self.get("/metrics")[1].decode()
+        return {
+            sample.labels["stage"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "niff_cpu_seconds_total" and sample.labels.get("model") == model
+        }
 
     def batch_histogram(self, model: str) -> tuple[float, float]:
         """(sum, count) of the model's batch sizes so far."""
@@ -330,9 +356,13 @@ def run_level(
     threads = [threading.Thread(target=client, args=(w,)) for w in range(concurrency)]
     for thread in threads:
         thread.start()
+    measuring.wait(args.duration)
+    cpu_before, stages_before = server.cpu_seconds(), server.stage_cpu(args.model)
     for thread in threads:
         thread.join()
     ended = time.perf_counter()
+    result.cpu_s = server.cpu_seconds() - cpu_before
+    result.stage_cpu_s = {k: v - stages_before.get(k, 0.0) for k, v in server.stage_cpu(args.model).items()}
     after = server.batch_histogram(args.model)
     result.seconds = ended - started[0] if started else 0.0
     batches = after[1] - before[1]
@@ -343,6 +373,27 @@ def run_level(
 def percentile(results: list[LevelResult], q: float) -> float:
     latencies = [t for r in results for t in r.latencies]
     return float(np.percentile(latencies, q)) * 1000 if latencies else float("nan")
+
+
+def cpu_per_request(level: LevelResult) -> tuple[float, dict[str, float]]:
+    """Server CPU milliseconds per request, in total and by stage."""
+    requests = sum(level.statuses.values()) or 1
+    return 1000 * level.cpu_s / requests, {k: 1000 * v / requests for k, v in level.stage_cpu_s.items()}
+
+
+def print_cpu_table(cells: list[tuple[int, int]], modes: list[str], results: dict) -> None:
+    """Median over rounds of the server's CPU per request, in total and by stage."""
+    stages = sorted({stage for runs in results.values() for level in runs for stage in level.stage_cpu_s})
+    print("\nServer CPU per request (ms, median over rounds):\n")
+    print("| mode | img/request | clients | total | " + " | ".join(stages) + " | other |")
+    print("|---|---:|---:|---:|" + "---:|" * (len(stages) + 1))
+    for (images, clients), mode in itertools.product(cells, modes):
+        per_round = [cpu_per_request(level) for level in results[mode, images, clients]]
+        total = statistics.median(t for t, _ in per_round)
+        per = {stage: statistics.median(s.get(stage, 0.0) for _, s in per_round) for stage in stages}
+        other = statistics.median(t - sum(s.values()) for t, s in per_round)
+        cells_text = " | ".join(f"{per[stage]:.3f}" for stage in stages)
+        print(f"| {mode} | {images} | {clients} | {total:.3f} | {cells_text} | {other:.3f} |")
 
 
 def main() -> None:
@@ -394,6 +445,7 @@ def main() -> None:
                 each = [r.throughput / b.throughput if b.throughput else float("nan") for r, b in pairs]
                 ratios.append(f"{statistics.median(each):.2f} ({', '.join(f'{x:.2f}' for x in each)})")
             print(f"| {images} | {clients} | {' | '.join(ratios)} |")
+    print_cpu_table(cells, args.modes, results)
     print(f"\n{time.monotonic() - started:.0f} s of load; server log: {server.log.name}")
 
 

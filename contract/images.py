@@ -74,6 +74,11 @@ class ImageLimits:
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     """An upright RGB image from encoded bytes."""
+    return load_image(open_image(data, limits))
+
+
+def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """The image's header, checked against ``limits``; no pixel is decoded yet (cheap on any input)."""
     if not data:
         raise EmptyImage("the image is empty (0 bytes)")
     try:
@@ -99,6 +104,11 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             f"the image is {width}x{height}, an aspect ratio of {max(width, height) / min(width, height):.4g}:1; "
             f"the limit is {limits.max_aspect_ratio:g}:1"
         )
+    return image
+
+
+def load_image(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an opened image, apply its EXIF orientation, convert to RGB."""
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -123,23 +133,31 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 class Preprocessor:
-    """One model's preprocessing; thread-safe."""
+    """One model's preprocessing, in three steps a server can time apart; thread-safe."""
 
     def __init__(self, spec: Preprocessing, limits: ImageLimits | None = None) -> None:
         self.input_size = spec.input_size
         self._resize = spec.resize
         self._resample = RESAMPLING[spec.interpolation]
         std = np.asarray(spec.std, dtype=np.float32)
-        self._scale = (1 / (255 * std)).astype(np.float32)
-        self._offset = (np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
+        self._scale = (1 / (255 * std)).astype(np.float32).reshape(3, 1, 1)
+        self._offset = (np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32).reshape(3, 1, 1)
         self._limits = limits or ImageLimits()
 
     def __call__(self, data: bytes) -> np.ndarray:
         """``[3, S, S]`` float32 for one encoded image."""
-        return self.transform(decode_image(data, self._limits))
+        return self.transform(load_image(self.open(data)))
 
     def transform(self, image: Image.Image) -> np.ndarray:
-        """Resize, center-crop and normalize an RGB image to ``[3, S, S]`` float32."""
+        """``[3, S, S]`` float32 for a decoded RGB image."""
+        return self.normalize(self.crop(image))
+
+    def open(self, data: bytes) -> Image.Image:
+        """The checked header (:func:`open_image`); :func:`load_image` decodes it."""
+        return open_image(data, self._limits)
+
+    def crop(self, image: Image.Image) -> np.ndarray:
+        """Resize the shorter side and center-crop: ``[S, S, 3]`` uint8."""
         width, height = image.size
         if width <= height:
             size = (self._resize, int(self._resize * height / width))
@@ -150,7 +168,16 @@ class Preprocessor:
         s = self.input_size
         left = round((size[0] - s) / 2)
         top = round((size[1] - s) / 2)
-        image = image.crop((left, top, left + s, top + s))
-        pixels = np.asarray(image, dtype=np.float32)
-        pixels = pixels * self._scale - self._offset
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return np.asarray(image.crop((left, top, left + s, top + s)))
+
+    def normalize(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Scale to [0, 1] and normalize ``[S, S, 3]`` uint8 into ``[3, S, S]`` float32 (``out`` when given).
+
+        One multiply from the channel-first view of the pixels straight into the output, then one
+        in-place subtraction: no intermediate float image, no transpose copy.
+        """
+        if out is None:
+            out = np.empty((3, self.input_size, self.input_size), dtype=np.float32)
+        np.multiply(pixels.transpose(2, 0, 1), self._scale, out=out)
+        out -= self._offset
+        return out

@@ -116,6 +116,13 @@ class DynamicBatcher:
             await self._task
         self._executor.shutdown(wait=True)
 
+    def _timed_backend(self, inputs: np.ndarray) -> np.ndarray:
+        started = time.thread_time()
+        try:
+            return self._run_backend(inputs)
+        finally:
+            self._metrics.count_cpu("inference", time.thread_time() - started)
+
     def admit(self, rows: int) -> Slot:
         """Reserve room for ``rows`` images or fail now: 400 (too many for one batch) or 503."""
         if rows > self.max_batch_size:
@@ -202,7 +209,7 @@ class DynamicBatcher:
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
         started = time.monotonic()
         try:
-            logits = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_backend, inputs)
+            logits = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_backend, inputs)
             if logits.shape[0] != inputs.shape[0]:
                 raise RuntimeError(f"backend returned {logits.shape[0]} rows for {inputs.shape[0]} inputs")
         except Exception as exc:  # a failing backend fails this batch only; the loop keeps serving

@@ -29,6 +29,7 @@ from niff_serve.logs import configure_logging
 from niff_serve.runtime import ServiceState
 from niff_serve.settings import Settings, env_name
 from niff_serve.version import __version__
+from niff_serve.workers import supervise, worker_count
 
 PROG = "niff-serve"
 logger = logging.getLogger(__name__)
@@ -129,11 +130,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The ``niff-serve`` console script: check everything that can be checked cheaply, then serve."""
     settings = load_settings(argv)
     try:
-        for folder in scan_repository(settings.model_repository):
-            choose_backend(folder, settings)
+        devices = {choose_backend(folder, settings)[1] for folder in scan_repository(settings.model_repository)}
     except ContractError as exc:
         fail(str(exc))
     configure_logging(settings.log_level)
+    workers = worker_count(settings, "cuda" if "cuda" in devices else "cpu")
+    if workers > 1:
+        raise SystemExit(supervise(settings, workers))
+    serve(settings)
+
+
+def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """Serve in this process, on ``sockets`` when given (a worker), else on the configured address."""
     app = create_app(settings)
     state: ServiceState = app.state.service
     limits = ConnectionLimits(settings.max_header_bytes, settings.header_timeout_s, settings.max_connections)
@@ -152,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     server = DrainingServer(config, state, settings.shutdown_delay_s, app.state.grpc.stop)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except SystemExit:
         if state.startup_error is not None:
             fail(f"start-up failed: {state.startup_error}", status=1)

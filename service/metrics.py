@@ -1,17 +1,25 @@
-"""Prometheus metrics, one registry per app so several apps can live in one process (tests, tools)."""
+"""Prometheus metrics, one registry per app so several apps can live in one process (tests, tools).
+
+With several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor) every process writes
+its samples to that directory and ``/metrics`` reads them all: counters and histograms add up, gauges
+say how they combine (``multiprocess_mode``).
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "ModelMetrics"]
 
+PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 DROP_REASONS = ("queue_full", "timeout", "cancelled")
+CPU_STAGES = ("decode", "resize_crop", "normalize", "inference", "encode")
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,11 @@ class ModelMetrics:
     failures: Counter
     ready: Gauge
     _dropped: Counter
+    _cpu: Counter
+
+    def count_cpu(self, stage: str, seconds: float) -> None:
+        """CPU time a thread spent in one stage of a request (``decode``, ``resize_crop``, ...)."""
+        self._cpu.labels(model=self.model, stage=stage).inc(seconds)
 
     def count_drop(self, reason: str) -> None:
         """A request given up before its answer: ``queue_full``, ``timeout`` or ``cancelled``."""
@@ -44,7 +57,10 @@ class Metrics:
             registry=reg,
         )
         self.in_progress = Gauge(
-            "niff_http_requests_in_progress", "HTTP requests being served (a scrape counts itself).", registry=reg
+            "niff_http_requests_in_progress",
+            "HTTP requests being served (a scrape counts itself).",
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.request_seconds = Histogram(
             "niff_http_request_duration_seconds",
@@ -92,7 +108,11 @@ class Metrics:
             registry=reg,
         )
         self._queue_depth = Gauge(
-            "niff_queue_depth", "Images admitted and not yet in a running batch.", model, registry=reg
+            "niff_queue_depth",
+            "Images admitted and not yet in a running batch.",
+            model,
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self._dropped = Counter(
             "niff_requests_dropped",
@@ -101,11 +121,26 @@ class Metrics:
             registry=reg,
         )
         self._failures = Counter("niff_inference_failures", "Batches whose backend call raised.", model, registry=reg)
-        self._ready = Gauge("niff_model_ready", "1 once the model is loaded and warmed up.", model, registry=reg)
+        self._cpu = Counter(
+            "niff_cpu_seconds",
+            "CPU time spent per stage of serving requests: " + ", ".join(CPU_STAGES) + " (inference counts the "
+            "calling thread only, so all of it with one backend thread).",
+            ["model", "stage"],
+            registry=reg,
+        )
+        self._ready = Gauge(
+            "niff_model_ready",
+            "1 once the model is loaded and warmed up (in every worker process).",
+            model,
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
 
     def for_model(self, name: str) -> ModelMetrics:
         for reason in DROP_REASONS:
             self._dropped.labels(model=name, reason=reason)
+        for stage in CPU_STAGES:
+            self._cpu.labels(model=name, stage=stage)
         return ModelMetrics(
             model=name,
             batch_size=self._batch_size.labels(model=name),
@@ -116,7 +151,13 @@ class Metrics:
             failures=self._failures.labels(model=name),
             ready=self._ready.labels(model=name),
             _dropped=self._dropped,
+            _cpu=self._cpu,
         )
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = os.environ.get(PROMETHEUS_DIR_ENV)
+        if directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)

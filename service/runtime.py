@@ -11,9 +11,17 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import Depends, Request
+from PIL import Image
 
 from niff_contract import ImageError, ModelFolder, Preprocessor, scan_repository
-from niff_contract.images import CorruptImage, EmptyImage, ImageShapeRefused, ImageTooLarge, UnsupportedImage
+from niff_contract.images import (
+    CorruptImage,
+    EmptyImage,
+    ImageShapeRefused,
+    ImageTooLarge,
+    UnsupportedImage,
+    load_image,
+)
 from niff_serve.backends import Backend, load_backend, warm_up
 from niff_serve.batcher import BatchResult, DynamicBatcher
 from niff_serve.dataplane import DataPlane
@@ -33,6 +41,8 @@ from niff_serve.settings import Settings, unknown_env_names
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Images up to this size are decoded on the event loop (tens of microseconds, less than a thread hand-off).
+INLINE_MAX_PIXELS = 128 * 128
 # How each reason the contract refuses an image answers over HTTP.
 _IMAGE_STATUS: dict[type[ImageError], type[ServiceError]] = {
     EmptyImage: BadRequest,
@@ -109,24 +119,41 @@ class ModelRuntime:
             return await slot.infer(inputs, deadline)
 
     async def _preprocess(self, uploads: Sequence[Upload]) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        arrays = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._pool, self._preprocess_one, index, upload)
-                for index, upload in enumerate(uploads)
-            )
-        )
-        return np.stack(arrays)
+        """The batch of ``uploads``, each image written into its row as it is done.
 
-    def _preprocess_one(self, index: int, upload: Upload) -> np.ndarray:
+        Headers are read here (cheap, and they bound the work); a small image is finished on the event
+        loop, where it costs less than the hand-off to a worker thread; larger ones go to the pool.
+        """
+        size = self.folder.input_size
+        batch = np.empty((len(uploads), 3, size, size), dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        pending = []
+        for index, upload in enumerate(uploads):
+            image = self._step(index, upload, "decode", self._preprocessor.open, upload.data)
+            if image.width * image.height <= INLINE_MAX_PIXELS:
+                self._finish(index, upload, image, batch[index])
+            else:
+                pending.append(loop.run_in_executor(self._pool, self._finish, index, upload, image, batch[index]))
+        await asyncio.gather(*pending)
+        return batch
+
+    def _finish(self, index: int, upload: Upload, image: Image.Image, row: np.ndarray) -> None:
         started = time.perf_counter()
+        rgb = self._step(index, upload, "decode", load_image, image)
+        pixels = self._step(index, upload, "resize_crop", self._preprocessor.crop, rgb)
+        self._step(index, upload, "normalize", self._preprocessor.normalize, pixels, row)
+        self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
+
+    def _step(self, index: int, upload: Upload, stage: str, function: Callable[..., T], *args: Any) -> T:
+        """One preprocessing step, its CPU time counted under ``stage``, its refusal worded as an HTTP error."""
+        started = time.thread_time()
         try:
-            array = self._preprocessor(upload.data)
+            return function(*args)
         except ImageError as exc:
             name = f" ({upload.filename!r})" if upload.filename else ""
             raise _IMAGE_STATUS[type(exc)](f"image {index}{name}: {exc}") from None
-        self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
-        return array
+        finally:
+            self.metrics.count_cpu(stage, time.thread_time() - started)
 
 
 class ServiceState:

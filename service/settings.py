@@ -97,7 +97,18 @@ class Settings(BaseSettings):
         le=256,
         description="Threads decoding and resizing images (default: CPU count, at most 4).",
     )
-    backend_threads: int = Field(0, ge=0, le=256, description="CPU threads per inference (0: the runtime's default).")
+    backend_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="CPU threads per inference (0: the runtime's default, or the CPUs divided among the workers).",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port (default: one per CPU up to 4; one when a model uses a GPU).",
+    )
     shutdown_delay_s: float = Field(
         0.0, ge=0, le=600, description="After SIGTERM, keep serving this long while reporting not-ready, then drain."
     )

@@ -157,7 +157,18 @@ class ServerProcess:
         command += ["--port", str(self.port), "--grpc-port", str(self.grpc_port)]
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [*command, "--device", "cpu", "--backend-threads", "1", "--preprocess-workers", "2", *args],
+            [
+                *command,
+                "--device",
+                "cpu",
+                "--workers",
+                "1",
+                "--backend-threads",
+                "1",
+                "--preprocess-workers",
+                "2",
+                *args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
