@@ -39,10 +39,13 @@ need `Authorization: Bearer <key>`.
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The service app for ``settings``; the models load when the app starts, not here."""
+def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
+    """The service app for ``settings``; the models load when the app starts, not here.
+
+    ``worker``: one of several processes serving the same ports.
+    """
     state = ServiceState(settings)
-    grpc = GrpcEndpoint(state)
+    grpc = GrpcEndpoint(state, shared_port=worker)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -5,7 +5,7 @@ A batch leaves when it holds ``max_batch_size`` images or when its oldest reques
 reserves room for its images before preprocessing, so an overloaded model answers 503 at once
 instead of queueing work it cannot finish. Requests that time out or are cancelled (their client
 disconnected) leave the queue; if their batch is already running, its result for them is discarded.
-Each successful batch is recorded in the model's :class:`~niff_serve.statistics.ModelStatistics`.
+Each successful batch is recorded in the model's statistics (:mod:`niff_serve.statistics`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import numpy as np
 from niff_serve.deadline import Deadline
 from niff_serve.errors import BadRequest, DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
 from niff_serve.metrics import ModelMetrics
-from niff_serve.statistics import ModelStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +95,6 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self._max_queue_size = max_queue_size
         self._metrics = metrics
-        self.statistics = ModelStatistics()
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._admitted = 0
@@ -226,7 +224,7 @@ class DynamicBatcher:
         offsets = np.cumsum([0] + [p.rows for p in batch])
         shares = [logits[start:end] for start, end in itertools.pairwise(offsets)]
         input_s, output_s = started - assembling, time.monotonic() - splitting
-        self.statistics.record_execution(len(inputs), input_s, elapsed, output_s)
+        self._metrics.statistics.record_execution(len(inputs), input_s, elapsed, output_s)
         for pending, share in zip(batch, shares, strict=True):
             if not pending.future.done():
                 queue_s = assembling - pending.enqueued_at

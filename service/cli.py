@@ -25,6 +25,8 @@ from niff_contract import ContractError, describe_errors, scan_repository
 from niff_serve.app import create_app
 from niff_serve.backends import choose_backend
 from niff_serve.connections import ConnectionLimits, limited_protocol, raise_open_file_limit
+from niff_serve.errors import ConfigurationError
+from niff_serve.grpc_server import check_grpc_port
 from niff_serve.logs import configure_logging
 from niff_serve.runtime import ServiceState
 from niff_serve.settings import Settings, env_name
@@ -136,13 +138,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(settings.log_level)
     workers = worker_count(settings, "cuda" if "cuda" in devices else "cpu")
     if workers > 1:
+        if settings.grpc_port:
+            try:
+                check_grpc_port(settings)  # the workers share it, each with SO_REUSEPORT
+            except ConfigurationError as exc:
+                fail(f"start-up failed: {exc}", status=1)
         raise SystemExit(supervise(settings, workers))
     serve(settings)
 
 
 def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
     """Serve in this process, on ``sockets`` when given (a worker), else on the configured address."""
-    app = create_app(settings)
+    app = create_app(settings, worker=sockets is not None)
     state: ServiceState = app.state.service
     limits = ConnectionLimits(settings.max_header_bytes, settings.header_timeout_s, settings.max_connections)
     raise_open_file_limit(settings.max_connections)

@@ -72,7 +72,7 @@ class DataPlane:
     async def infer(self, request: InferenceRequest, deadline: Deadline) -> InferenceResult:
         """Admit, preprocess (images), batch and run ``request`` within ``deadline`` (tightened by its timeout)."""
         runtime = self.model(request.model, request.version)
-        statistics = runtime.batcher.statistics
+        statistics = runtime.metrics.statistics
         try:
             if request.timeout_s is not None:
                 deadline = deadline.tightened(request.timeout_s)

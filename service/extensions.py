@@ -10,6 +10,7 @@ from tritonclient.grpc import service_pb2
 from niff_contract import ModelConfig
 from niff_serve.errors import Unsupported
 from niff_serve.runtime import ModelRuntime, ServiceState
+from niff_serve.statistics import statistics_message
 
 MODEL_CONTROL_REFUSED = (
     "this server serves the model repository it started with; models cannot be loaded or unloaded at run time "
@@ -29,9 +30,7 @@ def served_config(runtime: ModelRuntime) -> ModelConfig:
 def statistics(state: ServiceState, name: str = "", version: str = "") -> service_pb2.ModelStatisticsResponse:
     """One model's statistics, or every model's when ``name`` is empty (Triton's convention)."""
     runtimes = [state.dataplane.model(name, version or None)] if name else list(state.models.values())
-    return service_pb2.ModelStatisticsResponse(
-        model_stats=[r.batcher.statistics.message(r.name, r.folder.version) for r in runtimes]
-    )
+    return statistics_message(state.metrics.view(), [(r.name, r.folder.version) for r in runtimes])
 
 
 def repository_index(state: ServiceState, ready_only: bool = False) -> service_pb2.RepositoryIndexResponse:

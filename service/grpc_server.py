@@ -7,7 +7,9 @@ and the metrics. The service definition is the one ``tritonclient`` ships compil
 calls onto those pieces and their errors onto gRPC status codes as Triton does.
 
 The server starts once the models are loaded and stops with HTTP: on shutdown it refuses new calls
-(UNAVAILABLE) and lets the calls in flight finish.
+(UNAVAILABLE) and lets the calls in flight finish. Worker processes (``--workers``) each run one on the
+same port (SO_REUSEPORT: the kernel spreads the connections), after the supervisor has made sure that
+nothing else holds the port.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from niff_serve.grpc_codec import decode_infer_request, encode_infer_response, m
 from niff_serve.logs import request_id_var, valid_request_id
 from niff_serve.protocol_v2 import EXTENSIONS, model_metadata
 from niff_serve.runtime import ServiceState
+from niff_serve.settings import Settings
 from niff_serve.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -204,57 +207,62 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         raise extensions.refuse_model_control()
 
 
-class GrpcEndpoint:
-    """The gRPC server of one app: :meth:`start` once the models are loaded, :meth:`stop` with HTTP."""
+def grpc_address(settings: Settings) -> str:
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"{host}:{settings.grpc_port}"
 
-    def __init__(self, state: ServiceState) -> None:
+
+def check_grpc_port(settings: Settings) -> None:
+    """Bind the gRPC port once, as gRPC would (without SO_REUSEPORT): a port that anything holds becomes
+    this one-line error, where gRPC's own failure would also write its C core's log line to stderr."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            settings.host, settings.grpc_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen for gRPC on {grpc_address(settings)}: {exc.strerror or exc}") from None
+
+
+class GrpcEndpoint:
+    """The gRPC server of one app: :meth:`start` once the models are loaded, :meth:`stop` with HTTP.
+
+    ``shared_port``: this process is one of several workers on the port (checked by their supervisor).
+    """
+
+    def __init__(self, state: ServiceState, shared_port: bool = False) -> None:
         self._state = state
+        self._shared_port = shared_port
         self._server: grpc.aio.Server | None = None
         self._stopped: asyncio.Future[None] | None = None
-
-    @property
-    def address(self) -> str:
-        settings = self._state.settings
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        return f"{host}:{settings.grpc_port}"
 
     async def start(self) -> None:
         """Listen on ``grpc_port`` (nothing when it is 0); a port that cannot be bound stops start-up."""
         settings = self._state.settings
         if settings.grpc_port == 0:
             return
-        self._check_port_is_free()
+        address = grpc_address(settings)
+        if not self._shared_port:
+            check_grpc_port(settings)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_upload_bytes),
-                # A second server on a busy port must fail, not share the port's connections with the first.
-                ("grpc.so_reuseport", 0),
+                # A lone server on a busy port must fail, not share the port's connections with another.
+                ("grpc.so_reuseport", int(self._shared_port)),
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._state), server)
         try:
-            bound = server.add_insecure_port(self.address)
+            bound = server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise ConfigurationError(f"cannot listen for gRPC on {self.address}: {exc}") from None
+            raise ConfigurationError(f"cannot listen for gRPC on {address}: {exc}") from None
         if not bound:
-            raise ConfigurationError(f"cannot listen for gRPC on {self.address}")
+            raise ConfigurationError(f"cannot listen for gRPC on {address}")
         await server.start()
         self._server = server
-        logger.info("gRPC listening on %s", self.address)
-
-    def _check_port_is_free(self) -> None:
-        """Bind the port once here, as gRPC would: a busy port becomes this one-line error, where gRPC's
-        own failure would also write a line of its C core's log to stderr."""
-        settings = self._state.settings
-        try:
-            family, kind, protocol, _, address = socket.getaddrinfo(
-                settings.host, settings.grpc_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            with socket.socket(family, kind, protocol) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(address)
-        except OSError as exc:
-            raise ConfigurationError(f"cannot listen for gRPC on {self.address}: {exc.strerror or exc}") from None
+        logger.info("gRPC listening on %s", address)
 
     def stop(self) -> Awaitable[None]:
         """Refuse new calls and finish those in flight (each ends by its deadline); the first call begins

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from niff_serve.statistics import ModelStatistics, StatisticsMetrics
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "ModelMetrics"]
 
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -34,6 +36,7 @@ class ModelMetrics:
     queue_depth: Gauge
     failures: Counter
     ready: Gauge
+    statistics: ModelStatistics
     _dropped: Counter
     _cpu: Counter
 
@@ -135,6 +138,8 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemin",
         )
+        # Triton's statistics extension (GET /v2/models/{name}/stats, gRPC ModelStatistics) reads these.
+        self.statistics = StatisticsMetrics(reg)
 
     def for_model(self, name: str) -> ModelMetrics:
         for reason in DROP_REASONS:
@@ -150,14 +155,19 @@ class Metrics:
             queue_depth=self._queue_depth.labels(model=name),
             failures=self._failures.labels(model=name),
             ready=self._ready.labels(model=name),
+            statistics=self.statistics.for_model(name),
             _dropped=self._dropped,
             _cpu=self._cpu,
         )
 
-    def exposition(self) -> bytes:
+    def view(self) -> CollectorRegistry:
+        """Every series of the server: this process's, or with several workers all of theirs combined."""
         directory = os.environ.get(PROMETHEUS_DIR_ENV)
         if directory is None:
-            return generate_latest(self.registry)
+            return self.registry
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)
-        return generate_latest(registry)
+        return registry
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.view())

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+import tritonclient.http as triton_http
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from .conftest import TINY, Photos, Reference, ServerProcess, classify, free_port
@@ -108,13 +109,41 @@ def test_grpc_port_zero_turns_grpc_off(start_server: Callable[..., ServerProcess
     assert not any("gRPC" in r["message"] for r in server.log_records())
 
 
-def test_busy_grpc_port_stops_start_up_with_one_line(tiny_only_repository: Path) -> None:
+def test_worker_processes_share_the_grpc_port_and_their_statistics(
+    start_server: Callable[..., ServerProcess], tiny_only_repository: Path, photos: Photos, reference: Reference
+) -> None:
+    """Each request on a connection of its own: the kernel spreads them over both workers, and the
+    statistics and metrics still count every one."""
+    server = start_server(tiny_only_repository, "--workers", "2")
+    wait_until(lambda: sum(r["message"].startswith("gRPC listening") for r in server.log_records()) == 2)
+    http = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+
+    def stats() -> dict:
+        return http.get_inference_statistics(TINY)["model_stats"][0]
+
+    before = stats()
+    datas = [photos.jpeg["china"], photos.jpeg["flower"], photos.encode("china", "PNG", "L")] * 4
+    for data in datas:
+        expected = reference.logits(TINY, reference.preprocess(TINY, data)[None])
+        np.testing.assert_allclose(grpc_classify(server.grpc_url, data), expected, rtol=1e-5, atol=1e-5)
+    for _ in range(4):
+        with server.client() as client:
+            assert classify(datas[0])(client).status_code == 200
+    after = stats()
+    http.close()
+    assert after["inference_stats"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 16
+    assert after["inference_count"] == before["inference_count"] + 16
+    assert server.metric("niff_grpc_requests_total", method="ModelInfer", code="OK") == 12
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_busy_grpc_port_stops_start_up_with_one_line(tiny_only_repository: Path, workers: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         command = [sys.executable, "-m", "niff_serve", "--model-repository", str(tiny_only_repository)]
-        command += ["--port", str(free_port()), "--grpc-port", str(port), "--device", "cpu"]
+        command += ["--port", str(free_port()), "--grpc-port", str(port), "--device", "cpu", "--workers", workers]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
