@@ -2,8 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch, installed before the project so nothing pulls a multi-GB CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+# torch is installed before the project, pinned to one build: the CPU one (TORCH_VARIANT=cpu), so the
+# project's `torch` requirement is already met and nothing pulls a multi-GB CUDA build. It comes from pip's
+# configured sources when they hold that wheel, else from PyTorch's index (tools/torch-pip-args.sh).
+# A CUDA build instead, e.g.: make install TORCH_VARIANT=cu130. (Not TORCH_VERSION: `make image` passes
+# that name on to the image build.)
+VENV_TORCH_VERSION ?= 2.13.0
+TORCH_VARIANT ?= cpu
 
 .PHONY: install test lint clean serve export
 
@@ -26,7 +31,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q $$(sh tools/torch-pip-args.sh $(PY) $(VENV_TORCH_VERSION) $(TORCH_VARIANT))
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -55,30 +60,57 @@ serve: export
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-# --- Container image and deployment checks (Dockerfile, deploy/, docs/deploy.md) ---------------------
-# `make image` builds the serving image with docker or podman, whichever can build here. Build
-# arguments are passed through when set: BASE_IMAGE, TORCH_VERSION, TORCH_INDEX_URL,
-# ONNXRUNTIME_PACKAGE, ONNXRUNTIME_VERSION. CPU image:
-#   make image BASE_IMAGE=ubuntu:24.04 TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu ONNXRUNTIME_PACKAGE=onnxruntime
+# --- Container images and deployment checks (Dockerfile, deploy/, docs/deploy.md) ---------------------
+# `make image TARGET=serve-onnx|serve|export VARIANT=cuda|cpu` builds niff-<target>:<version>-<variant>
+# with docker or podman, whichever can build here; export exists in the cpu variant only. Set, these
+# are passed through as build arguments: BASE_IMAGE, TORCH_INDEX_URL (may be empty: no PyTorch index).
+# WHEELS=DIR gives the build a local wheel store (the `wheels` build context); CA_CERTIFICATES=FILE a CA
+# bundle for pip behind a TLS-intercepting proxy (the `ca-certificates` build secret). The image labels get
+# the version from pyproject.toml and the revision, time and source of this build.
 # Restricted hosts (podman in a sandbox, local base image): IMAGE_BUILD_FLAGS='--isolation chroot'.
 CONTAINER_ENGINE ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
 	elif command -v podman >/dev/null 2>&1; then echo podman; \
 	elif command -v docker >/dev/null 2>&1; then echo docker; fi)
-IMAGE_NAME ?= niff-serve
+TARGET ?= serve-onnx
+VARIANT ?= $(if $(filter export,$(TARGET)),cpu,cuda)
+IMAGE_NAME ?= niff-$(TARGET)
 IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-IMAGE_TAG ?= $(IMAGE_VERSION)-$(if $(filter onnxruntime,$(ONNXRUNTIME_PACKAGE)),cpu,cuda)
+IMAGE_TAG ?= $(IMAGE_VERSION)-$(VARIANT)
+IMAGE_LOCK = deploy/image/locks/$(TARGET)-$(VARIANT).txt
 IMAGE_BUILD_FLAGS ?=
+WHEELS ?=
+CA_CERTIFICATES ?=
+comma := ,
+IMAGE_REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE_SOURCE := $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
+IMAGE_CREATED := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 # podman writes OCI images by default, which have no HEALTHCHECK: ask for the docker format.
 IMAGE_FORMAT_FLAG = $(if $(filter podman,$(notdir $(CONTAINER_ENGINE))),--format docker)
-IMAGE_BUILD_ARGS = $(foreach v,BASE_IMAGE TORCH_VERSION TORCH_INDEX_URL ONNXRUNTIME_PACKAGE ONNXRUNTIME_VERSION,$(if $($(v)),--build-arg $(v)=$($(v))))
+IMAGE_BUILD_ARGS = --build-arg VARIANT=$(VARIANT) --build-arg VERSION=$(IMAGE_VERSION) \
+	--build-arg REVISION=$(IMAGE_REVISION) --build-arg CREATED=$(IMAGE_CREATED) \
+	--build-arg SOURCE=$(IMAGE_SOURCE) \
+	$(foreach v,BASE_IMAGE TORCH_INDEX_URL,$(if $(filter-out undefined,$(origin $(v))),--build-arg $(v)=$($(v)))) \
+	$(if $(WHEELS),--build-context wheels=$(WHEELS)) \
+	$(if $(CA_CERTIFICATES),--secret id=ca-certificates$(comma)src=$(CA_CERTIFICATES))
+# The CPU builds of torch for `make lock`: a local wheel store (pip's PIP_FIND_LINKS, where set), else
+# the PyTorch CPU index.
+TORCH_WHEELS ?= $(PIP_FIND_LINKS)
 # checkov runs from its own virtual environment (why: deploy/checks-requirements.txt).
 CHECKS_VENV ?= build/checks-venv
 
-.PHONY: image checks-venv
+.PHONY: image image-test lock checks-venv
 
 image:
 	@test -n "$(CONTAINER_ENGINE)" || { echo "make image: neither docker nor podman found" >&2; exit 1; }
-	$(CONTAINER_ENGINE) build $(strip $(IMAGE_FORMAT_FLAG) $(IMAGE_BUILD_FLAGS) $(IMAGE_BUILD_ARGS) -t $(IMAGE_NAME):$(IMAGE_TAG)) -f Dockerfile .
+	@test -f "$(IMAGE_LOCK)" || { echo "make image: no $(TARGET) image in the $(VARIANT) variant (no $(IMAGE_LOCK))" >&2; exit 1; }
+	$(CONTAINER_ENGINE) build $(strip $(IMAGE_FORMAT_FLAG) $(IMAGE_BUILD_FLAGS) --target $(TARGET) $(IMAGE_BUILD_ARGS) -t $(IMAGE_NAME):$(IMAGE_TAG)) -f Dockerfile .
+
+# Builds the CPU serve-onnx and export images and runs them (deploy/image/ci.sh; CI runs it after `make test`).
+image-test:
+	deploy/image/ci.sh
+
+lock: install
+	$(PY) deploy/image/lock.py --constraint 'torch==$(VENV_TORCH_VERSION)' $(foreach d,$(TORCH_WHEELS),--find-links $(d))
 
 checks-venv: $(CHECKS_VENV)/.installed
 

@@ -86,6 +86,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="Most seconds per level.")
     parser.add_argument("--images-per-request", default="1", help="Comma-separated image counts per request.")
     parser.add_argument("--rounds", type=int, default=1, help="Times every cell runs, interleaved.")
+    parser.add_argument(
+        "--image",
+        type=Path,
+        action="append",
+        default=[],
+        help="Image file for classify mode, repeatable (default: scikit-learn's two 640x427 JPEG photos).",
+    )
     parser.add_argument("--raw-seconds", type=float, default=10.0, help="How long to time the raw backend.")
     parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torchscript"))
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -271,10 +278,12 @@ def requests_for(args: argparse.Namespace, mode: str, images: int) -> list[objec
     if mode == "classify":
         from sklearn.datasets import load_sample_images
 
-        photos = [Path(f).read_bytes() for f in load_sample_images().filenames]
+        photos = [path.read_bytes() for path in args.image] or [
+            Path(f).read_bytes() for f in load_sample_images().filenames
+        ]
         path = f"/v1/models/{args.model}:classify?top_k=5"
         if images == 1:
-            return [(path, photo, {"Content-Type": "image/jpeg"}) for photo in photos]
+            return [(path, photo, {"Content-Type": "application/octet-stream"}) for photo in photos]
         boundary = "niffbenchmark"
         parts = b"".join(
             f'--{boundary}\r\nContent-Disposition: form-data; name="f"; filename="{i}.jpg"\r\n'

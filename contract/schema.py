@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -78,6 +79,44 @@ class Parity(_Record):
     rows: tuple[ParityRow, ...]
 
 
+class CompactLayer(_Record):
+    """One NIFF filter layer of a compact export: its kernel, or why it stayed spectral."""
+
+    layer: str
+    kind: Literal["depthwise", "full"]
+    map_size: PositiveInt
+    kernel: PositiveInt | None
+    mass_kept: float
+    energy_kept: float
+    spectral_error: float
+    reason: str | None = None
+
+
+class Agreement(_Record):
+    """The compact model's agreement with the exact model and with eager PyTorch, and the gate on it."""
+
+    min_agreement: float
+    passed: bool
+    rows: tuple[ParityRow, ...]
+
+
+class CalibrationRecord(_Record):
+    folder: str
+    images: PositiveInt
+
+
+class CompactRecord(_Record):
+    """A compact export: what was asked, every filter layer's fate, and the measured agreement."""
+
+    mode: Literal["mass", "error", "kernel"]
+    mass: float | None = None
+    error: float | None = None
+    kernel: PositiveInt | None = None
+    layers: tuple[CompactLayer, ...]
+    agreement: Agreement
+    calibration: CalibrationRecord | None = None
+
+
 class CheckpointRecord(_Record):
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -104,6 +143,7 @@ class Manifest(_Record):
     checkpoint: CheckpointRecord | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     created: str | None = None
+    compact: CompactRecord | None = Field(None, description="Only in a compact export.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -115,6 +155,12 @@ class Manifest(_Record):
             raise ValueError(f"output.shape {list(self.output.shape)} is not [{self.num_classes}] (num_classes)")
         if not self.artifacts:
             raise ValueError(f"artifacts names none of {', '.join(ARTIFACT_KINDS)}")
+        for kind, record in self.artifacts.items():
+            if PurePosixPath(record.path).parts[0] != str(self.version):
+                raise ValueError(
+                    f"artifacts.{kind}.path {record.path!r} is not in the folder of version {self.version} "
+                    f"('{self.version}/', Triton's layout)"
+                )
         return self
 
     @property
@@ -123,7 +169,8 @@ class Manifest(_Record):
         return TRITON_PLATFORMS["onnx" if "onnx" in self.artifacts else "torchscript"]
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2) + "\n"
+        """The text of niff.json; an exact export has no ``compact`` key at all."""
+        return self.model_dump_json(indent=2, exclude=None if self.compact else {"compact"}) + "\n"
 
 
 def parse_manifest(data: Any) -> Manifest:

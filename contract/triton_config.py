@@ -107,6 +107,11 @@ def check_config(config: ModelConfig, manifest: Manifest) -> None:
             raise ContractError(
                 f"config.pbtxt: {field} is {getattr(config, field)!r}, niff.json says {getattr(expected, field)!r}"
             )
+    versions = list(config.version_policy.specific.versions)
+    if config.version_policy.HasField("specific") and versions != [manifest.version]:
+        raise ContractError(
+            f"config.pbtxt: version_policy serves versions {versions}, niff.json is version {manifest.version}"
+        )
     for section in ("input", "output"):
         want = getattr(expected, section)[0]
         found = {tensor.name: tensor for tensor in getattr(config, section)}.get(want.name)

@@ -1,4 +1,11 @@
-"""``export_model`` / ``export_checkpoint``: bake, lower, write, prove parity, then commit the folder."""
+"""``export_model`` / ``export_checkpoint``: plan, build, verify, write — nothing lands unless parity holds.
+
+- plan: check the request, resolve the name, labels, preprocessing and lowerings, measure what a compact
+  export would compact;
+- build: bake the filters, compact, lower and write every artifact into a staging folder;
+- verify: compare eager, baked and every artifact (and a compact model's agreement) on the gate inputs;
+- write: the model folder's records from the contract, then move the staging folder into place.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +41,14 @@ from niff_contract import (
     model_config,
     sha256_file,
 )
-from niff_export.artifacts import write_onnx, write_torchscript
+from niff_export.artifacts import DEFAULT_OPSET, write_onnx, write_torchscript
 from niff_export.bake import bake
+from niff_export.compact import CompactPlan, CompactRequest, compact_model, onnx_opset, plan_compaction
 from niff_export.errors import ExportError
-from niff_export.images import sample_photos
+from niff_export.images import folder_images, sample_photos
 from niff_export.labels import resolve_labels
 from niff_export.lowering import LOWERINGS, lower
-from niff_export.parity import FP16_TOLERANCE, FP32_TOLERANCE, ParityReport, compare, parity_inputs
+from niff_export.parity import FP16_TOLERANCE, FP32_TOLERANCE, AgreementReport, ParityReport, compare, parity_inputs
 from niff_export.precision import in_precision
 from niff_export.repository import StagingFolder, check_name, jsonable
 
@@ -50,9 +58,33 @@ MIN_SIZE = 8
 MAX_BATCH_DELAY_MS = 60_000
 # What each preprocessing field is called on the command line.
 _PREPROCESSING_OPTIONS = {"input_size": "--size", "crop_pct": "--crop-pct", "interpolation": "--interpolation"}
+# Gate inputs run through the models in chunks of this many images (a calibration folder may be large).
+GATE_CHUNK = 32
 
 # Called with (stage description, None) when a stage starts and (description, seconds) when it ends.
 Progress = Callable[[str, "float | None"], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything an export may be asked besides the model, its input size and where it goes.
+
+    ``preprocessing`` overrides fields of the model's preprocessing (timm's names: ``interpolation``,
+    ``crop_pct``, ``mean``, ``std``). ``max_batch_size`` and ``max_batch_delay_ms`` go into config.pbtxt,
+    where niff-serve takes its batching values from. ``compact`` makes a compact export: the artifacts
+    then reproduce the compact model exactly, and its agreement with the exact model is gated.
+    """
+
+    formats: Sequence[str] = FORMATS
+    fft: str | None = None
+    fp16: bool = False
+    labels: Sequence[str] | None = None
+    opset: int | None = None
+    max_batch_size: int = 16
+    max_batch_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_US / 1000
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    version: int = 1
+    compact: CompactRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +93,32 @@ class ExportResult:
     manifest: Manifest
     parity: ParityReport
     timings: dict[str, float] = field(default_factory=dict)
+    compact: CompactPlan | None = None
+    agreement: AgreementReport | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What an export will do, resolved and checked before anything is computed or written."""
+
+    model: nn.Module
+    size: int
+    name: str
+    options: ExportOptions
+    formats: tuple[str, ...]
+    num_classes: int
+    labels: list[str]
+    preprocessing: niff.Preprocessing
+    lowerings: dict[str, str]
+    compact: CompactPlan | None
+    calibration: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _Built:
+    baked: nn.Module
+    deployed: nn.Module
+    artifacts: dict[str, dict[str, Any]]
 
 
 def lowering_for(fmt: str, fft: str | None) -> str:
@@ -88,29 +146,15 @@ def _stage(progress: Progress | None, timings: dict[str, float], message: str) -
         progress(message, timings[message])
 
 
-def _check_request(size: int, formats: Sequence[str], max_batch_size: int, max_batch_delay_ms: float) -> list[str]:
-    if not isinstance(size, int) or size < MIN_SIZE:
-        raise ExportError(f"--size must be an integer of at least {MIN_SIZE}, got {size}")
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ExportError(f"unknown format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
-    if max_batch_size < 1:
-        raise ExportError(f"--max-batch-size must be positive, got {max_batch_size}")
-    if not 0 <= max_batch_delay_ms <= MAX_BATCH_DELAY_MS:
-        raise ExportError(f"--max-batch-delay-ms must be between 0 and {MAX_BATCH_DELAY_MS}, got {max_batch_delay_ms}")
-    return list(dict.fromkeys(formats))
+def check_size(size: int) -> int:
+    """The one check of the input size, for the Python API and ``niff-export --size`` alike."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+        raise ExportError(f"the input size must be an integer of at least {MIN_SIZE} pixels, got {size!r}")
+    return size
 
 
-def _preprocessing(base: niff.Preprocessing, size: int, overrides: Mapping[str, Any]) -> niff.Preprocessing:
-    """The model's preprocessing at ``size`` with ``overrides``, validated by the contract."""
-    try:
-        return base.updated(**overrides, input_size=size)
-    except ValidationError as exc:
-        name_of = lambda field: _PREPROCESSING_OPTIONS.get(field, f"--{field}")  # noqa: E731
-        raise ExportError(f"invalid preprocessing: {describe_errors(exc.errors(), name_of)}") from None
-
-
-def _versions() -> dict[str, str]:
+def installed_versions() -> dict[str, str]:
+    """Versions of this project and the libraries an export depends on (recorded in niff.json)."""
     from importlib import metadata
 
     names = {
@@ -125,6 +169,161 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[key] = metadata.version(dist)
     return found
+
+
+def export_model(
+    model: nn.Module,
+    size: int,
+    out_dir: str | os.PathLike[str],
+    name: str | None = None,
+    options: ExportOptions | None = None,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+    **fields: Any,
+) -> ExportResult:
+    """Export a NIFF model at ``size``×``size`` into ``out_dir/<name>/``; nothing final is written unless parity holds.
+
+    ``model`` should come from ``niff.create_model``/``niff.load_checkpoint`` (its ``niff_spec`` gives
+    the preprocessing and the default name); any fx-traceable model built from niff layers works.
+    ``fields`` are :class:`ExportOptions` fields, a shorthand for ``options``.
+    """
+    options = replace(options or ExportOptions(), **fields)
+    timings: dict[str, float] = {}
+    plan = _plan(model.eval(), size, name, options, progress, timings)
+    staging = StagingFolder(Path(out_dir), plan.name, options.version)
+    try:
+        built = _build(plan, staging, progress, timings)
+        with _stage(progress, timings, "Checking parity with eager PyTorch"):
+            report, agreement = _verify(plan, built, staging.path / staging.version_dir)
+        manifest = _write(plan, built, staging, report, agreement, checkpoint)
+        path = staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+    return ExportResult(path, manifest, report, timings, plan.compact, agreement)
+
+
+def _plan(
+    model: nn.Module,
+    size: int,
+    name: str | None,
+    options: ExportOptions,
+    progress: Progress | None,
+    timings: dict[str, float],
+) -> _Plan:
+    check_size(size)
+    formats = tuple(dict.fromkeys(options.formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"unknown format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
+    if options.max_batch_size < 1:
+        raise ExportError(f"--max-batch-size must be positive, got {options.max_batch_size}")
+    if not 0 <= options.max_batch_delay_ms <= MAX_BATCH_DELAY_MS:
+        raise ExportError(
+            f"--max-batch-delay-ms must be between 0 and {MAX_BATCH_DELAY_MS}, got {options.max_batch_delay_ms}"
+        )
+    spec = getattr(model, "niff_spec", None)
+    name = check_name(name or (spec.arch if spec and spec.arch else f"{type(model).__name__.lower()}_{size}"))
+    num_classes = spec.num_classes if spec else int(model(torch.zeros(1, 3, size, size)).shape[1])
+    given = list(options.labels) if options.labels is not None else (spec.labels if spec else None)
+    preprocessing = _preprocessing(spec.preprocessing if spec else niff.Preprocessing(), size, options.preprocessing)
+    compact, calibration = None, None
+    if options.compact is not None:
+        with _stage(progress, timings, f"Measuring kernels at {size}x{size} for compaction"):
+            compact = plan_compaction(model, size, options.compact)
+            if options.compact.calibration is not None:
+                calibration = folder_images(Path(options.compact.calibration), preprocessing)
+    return _Plan(
+        model=model,
+        size=size,
+        name=name,
+        options=options,
+        formats=formats,
+        num_classes=num_classes,
+        labels=resolve_labels(num_classes, given),
+        preprocessing=preprocessing,
+        lowerings={fmt: lowering_for(fmt, options.fft) for fmt in formats},
+        compact=compact,
+        calibration=calibration,
+    )
+
+
+def _preprocessing(base: niff.Preprocessing, size: int, overrides: Mapping[str, Any]) -> niff.Preprocessing:
+    """The model's preprocessing at ``size`` with ``overrides``, validated by the contract."""
+    try:
+        return base.updated(**overrides, input_size=size)
+    except ValidationError as exc:
+        name_of = lambda field: _PREPROCESSING_OPTIONS.get(field, f"--{field}")  # noqa: E731
+        raise ExportError(f"invalid preprocessing: {describe_errors(exc.errors(), name_of)}") from None
+
+
+def _build(plan: _Plan, staging: StagingFolder, progress: Progress | None, timings: dict[str, float]) -> _Built:
+    """Bake, compact and lower the model, and write every artifact into the staging folder."""
+    size, fp16 = plan.size, plan.options.fp16
+    with _stage(progress, timings, f"Baking filters at {size}x{size}"):
+        baked = bake(plan.model, size)
+        deployed = baked if plan.compact is None else compact_model(baked, plan.compact)
+    artifacts: dict[str, dict[str, Any]] = {}
+    for fmt in plan.formats:
+        lowering = plan.lowerings[fmt]
+        with _stage(progress, timings, f"Writing {fmt} ({lowering} lowering{', fp16' if fp16 else ''})"):
+            module = in_precision(lower(copy.deepcopy(deployed), "matmul" if lowering == "matmul" else "torch"), fp16)
+            relative = f"{staging.version_dir}/{MODEL_FILES[fmt]}"
+            if fmt == "onnx":
+                opset = onnx_opset(plan.compact, plan.options.opset, DEFAULT_OPSET[lowering])
+                info = write_onnx(module, torch.randn(2, 3, size, size), staging.path / relative, lowering, opset)
+            else:
+                info = write_torchscript(module, staging.path / relative)
+            artifacts[fmt] = {"path": relative, "lowering": lowering, "fp16": fp16, **info}
+    return _Built(baked, deployed, artifacts)
+
+
+def _verify(plan: _Plan, built: _Built, folder: Path) -> tuple[ParityReport, AgreementReport | None]:
+    """Artifacts against the model they implement; with a compact plan, also the compact model's agreement.
+
+    The exact baked model is always held to eager; the artifacts of a compact export are held to the
+    compact model (rows marked "vs compact"), whose approximation is gated by agreement instead.
+    Raises (nothing is written) when either gate fails.
+    """
+    precision = "fp16" if plan.options.fp16 else "fp32"
+    suffix = "" if plan.compact is None else " vs compact"
+    runners = {
+        f"{fmt} ({precision}){suffix}": (_onnx_runner if fmt == "onnx" else _torchscript_runner)(
+            folder / MODEL_FILES[fmt]
+        )
+        for fmt in plan.formats
+    }
+    inputs = parity_inputs(plan.size, sample_photos(plan.preprocessing))
+    if plan.calibration is not None:
+        inputs["calibration"] = plan.calibration
+    rows, agreement_rows = [], []
+    for name, batch in inputs.items():
+        with torch.no_grad():
+            reference = _chunked(plan.model, batch)
+            exact = _chunked(built.baked, batch)
+            rows.append(compare("baked (torch)", name, reference, exact))
+            target = reference if plan.compact is None else _chunked(built.deployed, batch)
+        if plan.compact is not None:
+            agreement_rows += [compare("compact vs eager", name, reference, target)]
+            agreement_rows += [compare("compact vs exact", name, exact, target)]
+        rows += [compare(candidate, name, target, _chunked(run, batch)) for candidate, run in runners.items()]
+    report = ParityReport(tuple(rows), FP16_TOLERANCE if plan.options.fp16 else FP32_TOLERANCE)
+    if not report.passed:
+        raise ExportError(f"parity check failed; nothing was written.\n{report.table()}")
+    if plan.compact is None:
+        return report, None
+    agreement = AgreementReport(tuple(agreement_rows), plan.compact.request.min_agreement)
+    if not agreement.passed:
+        raise ExportError(
+            "the compact model's top-1 agreement is below --compact-min-agreement; nothing was written.\n"
+            f"{plan.compact.table()}\n\n{agreement.table()}"
+        )
+    return report, agreement
+
+
+def _chunked(run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+    return torch.cat([run(chunk) for chunk in batch.split(GATE_CHUNK)])
 
 
 def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -144,142 +343,53 @@ def _torchscript_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
-def export_model(
-    model: nn.Module,
-    size: int,
-    out_dir: str | os.PathLike[str],
-    name: str | None = None,
-    *,
-    formats: Sequence[str] = FORMATS,
-    fft: str | None = None,
-    fp16: bool = False,
-    labels: Sequence[str] | None = None,
-    opset: int | None = None,
-    max_batch_size: int = 16,
-    max_batch_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_US / 1000,
-    preprocessing: Mapping[str, Any] | None = None,
-    version: int = 1,
-    checkpoint: str | os.PathLike[str] | None = None,
-    progress: Progress | None = None,
-) -> ExportResult:
-    """Export a NIFF model at ``size``×``size`` into ``out_dir/<name>/``; nothing final is written unless parity holds.
-
-    ``model`` should come from ``niff.create_model``/``niff.load_checkpoint`` (its ``niff_spec`` gives
-    the preprocessing and the default name); any fx-traceable model built from niff layers works.
-    ``preprocessing`` overrides fields of the model's preprocessing (timm's names: ``interpolation``,
-    ``crop_pct``, ``mean``, ``std``). ``max_batch_size`` and ``max_batch_delay_ms`` go into config.pbtxt,
-    where niff-serve takes its batching values from.
-    """
-    formats = _check_request(size, formats, max_batch_size, max_batch_delay_ms)
-    spec = getattr(model, "niff_spec", None)
-    name = check_name(name or (spec.arch if spec and spec.arch else f"{type(model).__name__.lower()}_{size}"))
-    num_classes = spec.num_classes if spec else int(model(torch.zeros(1, 3, size, size)).shape[1])
-    label_list = resolve_labels(num_classes, list(labels) if labels is not None else (spec.labels if spec else None))
-    recipe = _preprocessing(spec.preprocessing if spec else niff.Preprocessing(), size, preprocessing or {})
-    lowerings = {fmt: lowering_for(fmt, fft) for fmt in formats}
-    timings: dict[str, float] = {}
-    model = model.eval()
-    staging = StagingFolder(Path(out_dir), name)
-    try:
-        with _stage(progress, timings, f"Baking filters at {size}x{size}"):
-            baked = bake(model, size)
-        artifacts: dict[str, dict[str, Any]] = {}
-        for fmt in formats:
-            lowering = lowerings[fmt]
-            with _stage(progress, timings, f"Writing {fmt} ({lowering} lowering{', fp16' if fp16 else ''})"):
-                module = in_precision(lower(copy.deepcopy(baked), "matmul" if lowering == "matmul" else "torch"), fp16)
-                target = staging.path / "1" / MODEL_FILES[fmt]
-                info = (
-                    write_onnx(module, torch.randn(2, 3, size, size), target, lowering, opset)
-                    if fmt == "onnx"
-                    else write_torchscript(module, target)
-                )
-                artifacts[fmt] = {"path": f"1/{MODEL_FILES[fmt]}", "lowering": lowering, "fp16": fp16, **info}
-        with _stage(progress, timings, "Checking parity with eager PyTorch"):
-            report = _parity(model, baked, staging.path, formats, size, recipe, fp16)
-        if not report.passed:
-            raise ExportError(f"parity check failed; nothing was written.\n{report.table()}")
-        records = {
-            fmt: ArtifactRecord(**artifact, sha256=sha256_file(staging.path / artifact["path"]))
-            for fmt, artifact in artifacts.items()
-        }
-        manifest = _manifest(
-            name, version, spec, model, num_classes, size, recipe, max_batch_size, records, report, checkpoint
-        )
-        staging.write_text(LABELS_FILE, labels_text(label_list))
-        staging.write_text("config.pbtxt", config_text(model_config(manifest, round(max_batch_delay_ms * 1000))))
-        staging.write_text("niff.json", manifest.to_json())
-        path = staging.commit()
-    except BaseException:
-        staging.discard()
-        raise
-    return ExportResult(path, manifest, report, timings)
-
-
-def _parity(
-    model: nn.Module,
-    baked: nn.Module,
-    folder: Path,
-    formats: list[str],
-    size: int,
-    preprocessing: niff.Preprocessing,
-    fp16: bool,
-) -> ParityReport:
-    precision = "fp16" if fp16 else "fp32"
-    runners = {
-        f"{fmt} ({precision})": (_onnx_runner if fmt == "onnx" else _torchscript_runner)(
-            folder / "1" / MODEL_FILES[fmt]
-        )
-        for fmt in formats
-    }
-    rows = []
-    for inputs, batch in parity_inputs(size, sample_photos(preprocessing)).items():
-        with torch.no_grad():
-            reference = model(batch)
-            rows.append(compare("baked (torch)", inputs, reference, baked(batch)))
-        rows += [compare(candidate, inputs, reference, run(batch)) for candidate, run in runners.items()]
-    return ParityReport(tuple(rows), FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
-
-
-def _manifest(
-    name: str,
-    version: int,
-    spec: Any,
-    model: nn.Module,
-    num_classes: int,
-    size: int,
-    preprocessing: niff.Preprocessing,
-    max_batch_size: int,
-    artifacts: dict[str, ArtifactRecord],
+def _write(
+    plan: _Plan,
+    built: _Built,
+    staging: StagingFolder,
     report: ParityReport,
+    agreement: AgreementReport | None,
     checkpoint: str | os.PathLike[str] | None,
 ) -> Manifest:
-    return Manifest(
+    """niff.json, config.pbtxt and labels.txt from the contract's records, into the staging folder."""
+    options, spec = plan.options, getattr(plan.model, "niff_spec", None)
+    manifest = Manifest(
         format_version=FORMAT_VERSION,
-        name=name,
-        version=version,
+        name=plan.name,
+        version=options.version,
         arch=spec.arch if spec else None,
-        builder=spec.builder if spec else type(model).__name__,
+        builder=spec.builder if spec else type(plan.model).__name__,
         arch_kwargs=jsonable(spec.arch_kwargs) if spec else {},
-        num_classes=num_classes,
-        input=TensorSpec(name=INPUT_NAME, shape=(3, size, size), layout="NCHW"),
-        output=TensorSpec(name=OUTPUT_NAME, shape=(num_classes,)),
-        preprocessing=preprocessing,
-        max_batch_size=max_batch_size,
-        artifacts=artifacts,
+        num_classes=plan.num_classes,
+        input=TensorSpec(name=INPUT_NAME, shape=(3, plan.size, plan.size), layout="NCHW"),
+        output=TensorSpec(name=OUTPUT_NAME, shape=(plan.num_classes,)),
+        preprocessing=plan.preprocessing,
+        max_batch_size=options.max_batch_size,
+        artifacts={
+            fmt: ArtifactRecord(**artifact, sha256=sha256_file(staging.path / artifact["path"]))
+            for fmt, artifact in built.artifacts.items()
+        },
         parity=report.record(),
         checkpoint=CheckpointRecord(file=os.path.basename(checkpoint), sha256=sha256_file(checkpoint))
         if checkpoint
         else None,
-        versions=_versions(),
+        versions=installed_versions(),
         created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        compact=None
+        if plan.compact is None or agreement is None
+        else plan.compact.record(agreement, None if plan.calibration is None else len(plan.calibration)),
     )
+    staging.write_text(LABELS_FILE, labels_text(plan.labels))
+    staging.write_text("config.pbtxt", config_text(model_config(manifest, round(options.max_batch_delay_ms * 1000))))
+    staging.write_text("niff.json", manifest.to_json())
+    return manifest
 
 
 def export_checkpoint(
     checkpoint: str | os.PathLike[str],
     size: int,
     out_dir: str | os.PathLike[str],
+    options: ExportOptions | None = None,
     *,
     arch: str | None = None,
     num_classes: int | None = None,
@@ -287,18 +397,50 @@ def export_checkpoint(
     ema: bool = False,
     name: str | None = None,
     progress: Progress | None = None,
-    **options: Any,
+    **fields: Any,
 ) -> ExportResult:
-    """Load a checkpoint (``niff.load_checkpoint`` rules) and export it; see ``export_model`` for ``options``."""
+    """Load a checkpoint (``niff.load_checkpoint`` rules) and export it; see ``export_model`` for the options."""
+    check_size(size)
     timings: dict[str, float] = {}
     with _stage(progress, timings, "Loading checkpoint"):
-        try:
-            model = niff.load_checkpoint(
-                checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema
-            )
-        except niff.CheckpointError as exc:
-            raise ExportError(str(exc)) from None
+        model = load_model(checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema)
     if name is None and model.niff_spec.arch is None:
         name = Path(checkpoint).stem
-    result = export_model(model, size, out_dir, name, checkpoint=checkpoint, progress=progress, **options)
-    return ExportResult(result.path, result.manifest, result.parity, {**timings, **result.timings})
+    result = export_model(model, size, out_dir, name, options, checkpoint=checkpoint, progress=progress, **fields)
+    return replace(result, timings={**timings, **result.timings})
+
+
+def load_model(
+    checkpoint: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    ema: bool = False,
+) -> nn.Module:
+    """``niff.load_checkpoint`` with its errors as ExportError, naming a checkpoint that holds no NIFF layers.
+
+    A ``niff.CheckpointError`` becomes an ExportError whose ``__cause__`` it is (its ``option`` says which
+    argument would resolve it).
+    """
+    try:
+        return niff.load_checkpoint(checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema)
+    except niff.CheckpointError as exc:
+        not_niff = _without_niff_layers(checkpoint, trust_pickle, ema)
+        if not_niff is not None:
+            raise ExportError(not_niff) from None
+        raise ExportError(str(exc)) from exc
+
+
+def _without_niff_layers(checkpoint: str | os.PathLike[str], trust_pickle: bool, ema: bool) -> str | None:
+    """Why a checkpoint that failed to load is not a NIFF model, when its weights have no frequency-filter MLPs."""
+    try:
+        state_dict = niff.extract_state_dict(niff.read_checkpoint(checkpoint, trust_pickle), ema)
+    except niff.CheckpointError:
+        return None
+    if any(part in ("mlp_real", "mlp_imag", "mlp") for key in state_dict for part in key.split(".")):
+        return None
+    return (
+        f"{os.fspath(checkpoint)} holds no NIFF layers (no frequency-filter weights 'mlp_real', 'mlp_imag' or "
+        "'mlp'): it is not a NIFF checkpoint"
+    )

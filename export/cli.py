@@ -9,8 +9,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import niff
 from niff_contract import INTERPOLATIONS
-from niff_export.api import DEFAULT_LOWERING, FORMATS, ExportResult, export_checkpoint
+from niff_export.api import (
+    DEFAULT_LOWERING,
+    FORMATS,
+    ExportOptions,
+    ExportResult,
+    check_size,
+    export_checkpoint,
+    installed_versions,
+)
+from niff_export.compact import CompactRequest
 from niff_export.errors import ExportError
 from niff_export.labels import read_labels
 from niff_export.lowering import LOWERINGS
@@ -24,6 +34,12 @@ transforms are lowered to operations runtimes run fast, and ONNX and TorchScript
 OUT/NAME/ as a model-repository folder (Triton/KServe layout, served by niff-serve). Before anything is
 written, the artifacts must reproduce the eager model on random inputs and real photos (relative error
 <= 1e-4 in float32, 1e-2 with --fp16, same top-1 on the photos); otherwise the export fails.
+
+Compact export (--compact, --compact-error, --compact-kernel) is an opt-in approximation: spectral layers
+whose kernels are small become circular-padded KxK convolutions (faster; niff-report shows the kernels).
+The artifacts must then reproduce the compact model exactly, and the compact model's top-1 agreement with
+the exact model and eager PyTorch on images (the photos, and --calibration's) must reach
+--compact-min-agreement. niff.json records every layer's kernel, the mass it keeps and the agreement.
 """
 
 EPILOG = """\
@@ -31,17 +47,21 @@ examples:
   niff-export resnet50_split.pth --size 224
   niff-export ckpt.pt --size 224 --arch convnext_tiny --ema --out ./models
   niff-export ckpt.pt --size 32 --format onnx --fft dft --name cifar_resnet
+  niff-export ckpt.pt --size 224 --compact-kernel 7 --calibration val_images/ --compact-min-agreement 0.99
 """
 
 
 def _size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+)\s*)?", text)
+    match = re.fullmatch(r"\s*(-?\d+)\s*(?:[xX×]\s*(-?\d+)\s*)?", text)
     if not match:
         raise argparse.ArgumentTypeError(f"expected a side length like 224, got {text!r}")
     height, width = int(match.group(1)), int(match.group(2) or match.group(1))
     if height != width:
         raise argparse.ArgumentTypeError(f"NIFF filters are defined for square inputs only, got {height}x{width}")
-    return height
+    try:
+        return check_size(height)
+    except ExportError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _formats(text: str) -> list[str]:
@@ -73,9 +93,13 @@ def _triple(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import niff
+def _version() -> str:
+    versions = installed_versions()
+    using = ", ".join(f"{name} {version}" for name, version in versions.items() if name != "niff")
+    return f"niff-export {versions.get('niff', '0+unknown')} ({using})"
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="niff-export",
         description=DESCRIPTION,
@@ -150,15 +174,67 @@ def build_parser() -> argparse.ArgumentParser:
     preprocessing.add_argument("--mean", type=_triple, metavar="R,G,B", help="per-channel mean on the [0, 1] scale")
     preprocessing.add_argument("--std", type=_triple, metavar="R,G,B", help="per-channel std on the [0, 1] scale")
     parser.add_argument(
-        "--model-version", type=_positive, default=1, metavar="N", help="version recorded in niff.json (default: 1)"
+        "--model-version",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="model version: the files go into OUT/NAME/N/, as Triton lays out versions (default: 1)",
     )
     parser.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
+    compact = parser.add_argument_group("compact export (approximate, opt-in)")
+    compact.add_argument(
+        "--compact",
+        type=float,
+        metavar="MASS",
+        help="compact every spectral layer whose kernels keep MASS (0 < MASS <= 1) of their L1 mass inside some "
+        "odd KxK window, with the smallest such K",
+    )
+    compact.add_argument(
+        "--compact-error",
+        type=float,
+        metavar="E",
+        help="instead of --compact: per layer the smallest K whose relative spectral error is <= E",
+    )
+    compact.add_argument(
+        "--compact-kernel",
+        type=int,
+        metavar="K",
+        help="odd window side: alone, every layer gets KxK; with --compact/--compact-error, K caps their choice",
+    )
+    compact.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="folder of your images: the compact model's agreement is measured and gated on them too",
+    )
+    compact.add_argument(
+        "--compact-min-agreement",
+        type=float,
+        metavar="A",
+        help="least top-1 agreement (0..1) of the compact model with the exact one on images (default: 1.0; "
+        "0 accepts anything)",
+    )
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
         help="allow a checkpoint holding pickled Python objects (a whole nn.Module); loading one can run code",
     )
+    parser.add_argument("--version", action="version", version=_version())
     return parser
+
+
+# Advice for a checkpoint problem (``niff.CheckpointError.option``), in this command's option names.
+_ADVICE = {
+    "arch": "pass --arch NAME (niff-export --help lists the names)",
+    "trust_pickle": "loading them can run code; if you trust the file, pass --trust-pickle",
+}
+
+
+def _error_message(exc: ExportError) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, niff.CheckpointError) and cause.option in _ADVICE:
+        return f"{cause.problem}; {_ADVICE[cause.option]}"
+    return str(exc)
 
 
 class _ProgressPrinter:
@@ -182,30 +258,33 @@ def _summary(result: ExportResult, elapsed: float) -> str:
     for fmt, record in manifest.artifacts.items():
         size_mb = (result.path / record.path).stat().st_size / 1e6
         lines.append(f"  {result.path / record.path}  {fmt}, {record.lowering} lowering, {size_mb:.1f} MB")
-    lines += ["", result.parity.table(), "", f"Serve it: niff-serve --model-repository {result.path.parent}"]
+    lines += ["", result.parity.table()]
+    if result.compact is not None and result.agreement is not None:
+        lines += ["", result.compact.table(), "", result.agreement.table()]
+    lines += ["", f"Serve it: niff-serve --model-repository {result.path.parent}"]
     return "\n".join(lines)
+
+
+def _compact_request(args: argparse.Namespace) -> CompactRequest | None:
+    """The compact options as a request (validated there), or None for the exact export."""
+    given = (args.compact, args.compact_error, args.compact_kernel, args.calibration, args.compact_min_agreement)
+    if all(value is None for value in given):
+        return None
+    min_agreement = 1.0 if args.compact_min_agreement is None else args.compact_min_agreement
+    return CompactRequest(args.compact, args.compact_error, args.compact_kernel, min_agreement, args.calibration)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    progress = _ProgressPrinter(total=3 + len(args.formats))
     start = time.perf_counter()
     try:
-        labels = read_labels(args.labels) if args.labels else None
-        result = export_checkpoint(
-            args.checkpoint,
-            args.size,
-            args.out,
-            arch=args.arch,
-            num_classes=args.num_classes,
-            trust_pickle=args.trust_pickle,
-            ema=args.ema,
-            name=args.name,
-            progress=progress,
+        compact = _compact_request(args)
+        progress = _ProgressPrinter(total=3 + len(args.formats) + (compact is not None))
+        options = ExportOptions(
             formats=args.formats,
             fft=args.fft,
             fp16=args.fp16,
-            labels=labels,
+            labels=read_labels(args.labels) if args.labels else None,
             opset=args.opset,
             max_batch_size=args.max_batch_size,
             max_batch_delay_ms=args.max_batch_delay_ms,
@@ -215,9 +294,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if getattr(args, field) is not None
             },
             version=args.model_version,
+            compact=compact,
+        )
+        result = export_checkpoint(
+            args.checkpoint,
+            args.size,
+            args.out,
+            options,
+            arch=args.arch,
+            num_classes=args.num_classes,
+            trust_pickle=args.trust_pickle,
+            ema=args.ema,
+            name=args.name,
+            progress=progress,
         )
     except ExportError as exc:
-        print(f"\nniff-export: error: {exc}", file=sys.stderr)
+        print(f"\nniff-export: error: {_error_message(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"\nniff-export: error: {exc}", file=sys.stderr)

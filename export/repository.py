@@ -1,4 +1,4 @@
-"""Writing a model folder (docs/model-repository.md) atomically: staged beside the final folder, moved in place."""
+"""Writing a model folder (docs/model-repository.md) atomically: staged beside the final folder, then moved in place."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def jsonable(value: Any) -> Any:
 class StagingFolder:
     """A hidden folder beside the final one: everything is written there and moved in place only on success."""
 
-    def __init__(self, out_dir: Path, name: str) -> None:
+    def __init__(self, out_dir: Path, name: str, version: int) -> None:
         self.final = out_dir / name
+        self.version_dir = str(version)  # Triton's layout: the model files of version N live in N/
         if self.final.exists() and not (self.final / "niff.json").is_file():
             raise ExportError(
                 f"{self.final} exists and is not a model folder written by niff-export; choose another --out/--name"
@@ -44,7 +45,7 @@ class StagingFolder:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             self.path = out_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
-            (self.path / "1").mkdir(parents=True)
+            (self.path / self.version_dir).mkdir(parents=True)
         except OSError as exc:
             raise ExportError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
 

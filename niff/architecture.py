@@ -142,12 +142,9 @@ def infer_architecture(state_dict: StateDict) -> Inferred:
         return next(iter(found.values()))
     if not found:
         raise ValueError(
-            f"cannot tell the architecture from the checkpoint's keys (first keys: {', '.join(list(state_dict)[:5])}); "
-            "pass arch= one of the zoo's names (niff.list_models())"
+            f"cannot tell the architecture from the checkpoint's keys (first keys: {', '.join(list(state_dict)[:5])})"
         )
-    raise ValueError(
-        f"the checkpoint's keys fit several architecture families ({', '.join(found)}); pass arch= to choose"
-    )
+    raise ValueError(f"the checkpoint's keys fit several architecture families ({', '.join(found)})")
 
 
 def head_classes(state_dict: StateDict) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -31,8 +32,24 @@ METADATA_KEY = "niff"
 SAFE_GLOBALS = [argparse.Namespace]
 
 
+# How to resolve a CheckpointError that names a ``load_checkpoint`` argument, worded for Python callers.
+ADVICE = {
+    "arch": "pass arch= one of the zoo's names (niff.list_models())",
+    "trust_pickle": "loading them can run code; if you trust the file, pass trust_pickle=True",
+}
+
+
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the requested architecture."""
+    """A checkpoint that cannot be read or does not fit the requested architecture.
+
+    ``option`` names the ``load_checkpoint`` argument that would resolve it (a key of ``ADVICE``), so a
+    command line can word the advice with its own option names; ``problem`` is the message without it.
+    """
+
+    def __init__(self, problem: str, option: str | None = None) -> None:
+        super().__init__(f"{problem}; {ADVICE[option]}" if option else problem)
+        self.problem = problem
+        self.option = option
 
 
 def read_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) -> Any:
@@ -40,16 +57,38 @@ def read_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) ->
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no such checkpoint file: {path}")
+    _check_container(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as exc:  # torch.load raises many types for damaged files; all mean the same to the user
         if isinstance(exc, pickle.UnpicklingError) and not trust_pickle and "GLOBAL" in str(exc):
             raise CheckpointError(
-                f"{path} holds pickled Python objects ({_unsupported_global(exc)}), not just tensors; "
-                "loading them can run code. If you trust the file, pass trust_pickle=True (niff-export --trust-pickle)."
+                f"{path} holds pickled Python objects ({_unsupported_global(exc)}), not just tensors",
+                option="trust_pickle",
             ) from None
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(exc)}") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_reason(exc)}") from None
+
+
+def _check_container(path: str) -> None:
+    """torch.save writes a zip archive (a pickle stream in its legacy format); anything else is not a checkpoint.
+
+    Checked first because torch.load answers other files with internal errors ("pop from empty list").
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not head:
+        raise CheckpointError(f"{path} is empty, not a PyTorch checkpoint")
+    is_zip = head == b"PK\x03\x04"
+    is_pickle = len(head) >= 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL
+    if not (is_zip or is_pickle):
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or a pickle in its legacy "
+            "format), and this file is neither"
+        )
 
 
 def extract_state_dict(obj: Any, ema: bool = False) -> dict[str, Tensor]:
@@ -124,7 +163,7 @@ def load_checkpoint(
         try:
             inferred = infer_architecture(state_dict)
         except ValueError as exc:
-            raise CheckpointError(str(exc)) from None
+            raise CheckpointError(str(exc), option="arch") from None
         model = build_model(inferred.builder, inferred.arch_kwargs, classes or inferred.num_classes)
     problem = describe_mismatch(model, state_dict)
     if problem:
@@ -156,13 +195,16 @@ def _entry(arch: str) -> ModelEntry:
         raise CheckpointError(str(exc)) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    """What torch.load found wrong, without its advice (retrying with weights_only=False is unsafe advice)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split(". ")[0] if lines else type(exc).__name__
 
 
 def _unsupported_global(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        if "GLOBAL" in line:
-            return line.strip().rstrip(".")
-    return "unsupported globals"
+    """The class or function named in torch's "Unsupported global: GLOBAL x.y.Z ..." error."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return match.group(1) if match else "unsupported globals"

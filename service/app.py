@@ -78,9 +78,9 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for module in (v1, v2, health, docs):
+    for router in (v1.hot_router, v1.router, v2.hot_router, v2.router, health.router, docs.router):
         # The routes themselves rather than include_router's lazy wrapper, so `app.routes` lists every path.
-        app.router.routes.extend(module.router.routes)
+        app.router.routes.extend(router.routes)
     return app
 
 

@@ -17,6 +17,18 @@ from niff_serve.errors import Unauthorized
 _bearer = HTTPBearer(auto_error=False, description="The server's NIFF_API_KEY, when it has one.")
 
 
+# How the OpenAPI document names the scheme (the name HTTPBearer gives it), for operations that check
+# the key themselves.
+SECURITY = [{"HTTPBearer": []}]
+
+
+async def require_api_key(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """FastAPI dependency: :func:`check_api_key` with the token the bearer scheme found."""
+    check_api_key(request.app.state.service.settings.api_key, credentials.credentials if credentials else None)
+
+
 def check_api_key(key: SecretStr | None, token: str | None) -> None:
     """Pass when no key is configured or ``token`` matches it (constant-time comparison)."""
     if key is None:
@@ -28,12 +40,8 @@ def check_api_key(key: SecretStr | None, token: str | None) -> None:
 
 
 def bearer_token(authorization: str | None) -> str | None:
-    """The token of a ``Bearer <token>`` credential (the scheme in any case), else None."""
+    """The token of an ``Authorization: Bearer <token>`` header (the scheme case-insensitive), else None."""
     scheme, _, token = (authorization or "").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
-
-
-async def require_api_key(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    check_api_key(request.app.state.service.settings.api_key, credentials and credentials.credentials)
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 import threading
@@ -91,7 +92,8 @@ class DrainingServer(uvicorn.Server):
     On SIGTERM readiness turns false at once and the server keeps serving for ``delay_s`` (so load
     balancers stop routing to it); then it stops accepting connections and finishes the requests in
     flight. A second signal skips the rest of the delay. ``drain_also`` begins the drain of the
-    other listener (gRPC) at the same moment as HTTP's.
+    other listener (gRPC) at the same moment as HTTP's. ``ready_fd``, when given, gets one byte once
+    the server accepts connections (how a worker tells its supervisor that its models loaded).
     """
 
     def __init__(
@@ -100,11 +102,21 @@ class DrainingServer(uvicorn.Server):
         state: ServiceState,
         delay_s: float,
         drain_also: Callable[[], Awaitable[None]],
+        ready_fd: int | None = None,
     ) -> None:
         super().__init__(config)
         self._state = state
         self._delay_s = delay_s
         self._drain_also = drain_also
+        self._ready_fd = ready_fd
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self._ready_fd is not None:
+            if not self.should_exit:
+                os.write(self._ready_fd, b"1")
+            os.close(self._ready_fd)
+            self._ready_fd = None
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         draining = self._drain_also()  # begins now; the app's lifespan waits for it before stopping the models
@@ -137,17 +149,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(str(exc))
     configure_logging(settings.log_level)
     workers = worker_count(settings, "cuda" if "cuda" in devices else "cpu")
-    if workers > 1:
-        if settings.grpc_port:
-            try:
-                check_grpc_port(settings)  # the workers share it, each with SO_REUSEPORT
-            except ConfigurationError as exc:
-                fail(f"start-up failed: {exc}", status=1)
-        raise SystemExit(supervise(settings, workers))
-    serve(settings)
+    if workers == 1:
+        serve(settings)
+        return
+    if settings.grpc_port:
+        try:
+            check_grpc_port(settings)  # the workers share it, each with SO_REUSEPORT
+        except ConfigurationError as exc:
+            fail(f"start-up failed: {exc}", status=1)
+    status = supervise(settings, workers)
+    if status:
+        raise SystemExit(status)
 
 
-def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+def serve(settings: Settings, sockets: list[socket.socket] | None = None, ready_fd: int | None = None) -> None:
     """Serve in this process, on ``sockets`` when given (a worker), else on the configured address."""
     app = create_app(settings, worker=sockets is not None)
     state: ServiceState = app.state.service
@@ -165,7 +180,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
         # Every request ends by its deadline, so in-flight work is done by then.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 2,
     )
-    server = DrainingServer(config, state, settings.shutdown_delay_s, app.state.grpc.stop)
+    server = DrainingServer(config, state, settings.shutdown_delay_s, app.state.grpc.stop, ready_fd)
     try:
         server.run(sockets=sockets)
     except SystemExit:

@@ -51,7 +51,7 @@ def _not_an_expected_startup_traceback(record: logging.LogRecord) -> bool:
 
 
 def configure_logging(level: str) -> None:
-    """Route every logger (uvicorn's too) through one JSON handler on stdout."""
+    """Route every logger (uvicorn's too) and Python's warnings through one JSON handler on stdout."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(_not_an_expected_startup_traceback)
@@ -62,3 +62,5 @@ def configure_logging(level: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers = []
         logger.propagate = True
+    # Warnings (Pillow's DecompressionBombWarning, deprecations) would otherwise go to stderr as plain text.
+    logging.captureWarnings(True)

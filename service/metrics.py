@@ -8,9 +8,18 @@ say how they combine (``multiprocess_mode``).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from niff_serve.statistics import ModelStatistics, StatisticsMetrics
@@ -38,11 +47,11 @@ class ModelMetrics:
     ready: Gauge
     statistics: ModelStatistics
     _dropped: Counter
-    _cpu: Counter
+    _cpu_by_stage: Mapping[str, Counter]
 
     def count_cpu(self, stage: str, seconds: float) -> None:
         """CPU time a thread spent in one stage of a request (``decode``, ``resize_crop``, ...)."""
-        self._cpu.labels(model=self.model, stage=stage).inc(seconds)
+        self._cpu_by_stage[stage].inc(seconds)
 
     def count_drop(self, reason: str) -> None:
         """A request given up before its answer: ``queue_full``, ``timeout`` or ``cancelled``."""
@@ -51,7 +60,11 @@ class ModelMetrics:
 
 class Metrics:
     def __init__(self) -> None:
+        # No `*_created` series: a timestamp per labelled child that doubles the scrape and that Prometheus
+        # drops from the text format anyway. The switch is process-wide; a server process has one app.
+        disable_created_metrics()
         self.registry = CollectorRegistry()
+        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         reg = self.registry
         self.requests = Counter(
             "niff_http_requests",
@@ -59,9 +72,9 @@ class Metrics:
             ["route", "method", "status"],
             registry=reg,
         )
-        self.in_progress = Gauge(
+        self.requests_in_progress = Gauge(
             "niff_http_requests_in_progress",
-            "HTTP requests being served (a scrape counts itself).",
+            "HTTP requests received and not yet answered (a scrape counts itself).",
             registry=reg,
             multiprocess_mode="livesum",
         )
@@ -144,8 +157,6 @@ class Metrics:
     def for_model(self, name: str) -> ModelMetrics:
         for reason in DROP_REASONS:
             self._dropped.labels(model=name, reason=reason)
-        for stage in CPU_STAGES:
-            self._cpu.labels(model=name, stage=stage)
         return ModelMetrics(
             model=name,
             batch_size=self._batch_size.labels(model=name),
@@ -157,8 +168,20 @@ class Metrics:
             ready=self._ready.labels(model=name),
             statistics=self.statistics.for_model(name),
             _dropped=self._dropped,
-            _cpu=self._cpu,
+            _cpu_by_stage={stage: self._cpu.labels(model=name, stage=stage) for stage in CPU_STAGES},
         )
+
+    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered HTTP request; the labelled series are looked up once per combination, not per request."""
+        key = (route, method, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = (
+                self.requests.labels(route=route, method=method, status=str(status)),
+                self.request_seconds.labels(route=route, method=method),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def view(self) -> CollectorRegistry:
         """Every series of the server: this process's, or with several workers all of theirs combined."""

@@ -1,14 +1,19 @@
 """Per-request bookkeeping as plain ASGI middleware: request id, access log, HTTP metrics, last-resort 500.
 
 Plain ASGI (not ``BaseHTTPMiddleware``) so the endpoint keeps the raw ``receive`` channel it needs to
-notice client disconnects.
+notice client disconnects. An error answered before the request body was read (an unknown model, a bad
+key) first reads the rest of a modest body: closing a socket with unread data makes the kernel reset the
+connection, and the client would lose the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
@@ -21,6 +26,9 @@ access_logger = logging.getLogger("niff_serve.access")
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# How much of an unread body an error answer waits for (larger uploads are cut off).
+_DRAIN_BYTES = 1 << 20
+_DRAIN_SECONDS = 2.0
 
 
 class RequestContextMiddleware:
@@ -37,6 +45,13 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
+        body_read = False
+
+        async def receive_tracked() -> Message:
+            nonlocal body_read
+            message = await receive()
+            body_read = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
@@ -44,25 +59,26 @@ class RequestContextMiddleware:
                 status = message["status"]
                 response_started = True
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                if status >= 400 and not body_read:
+                    await _drain(receive_tracked, lambda: body_read)
             await send(message)
 
-        self.metrics.in_progress.inc()
+        self.metrics.requests_in_progress.inc()
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_tracked, send_with_id)
         except Exception:  # the last line of defence: a bug must not become a dropped connection
             logger.exception("unhandled error")
             status = 500
             if not response_started:
                 response = JSONResponse({"error": "internal server error"}, status_code=500)
-                await response(scope, receive, send_with_id)
+                await response(scope, receive_tracked, send_with_id)
         finally:
-            self.metrics.in_progress.dec()
+            self.metrics.requests_in_progress.dec()
             elapsed = time.perf_counter() - started
             route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = getattr(route, "path_format", "unmatched")
             method = scope["method"]
-            self.metrics.requests.labels(route=template, method=method, status=str(status)).inc()
-            self.metrics.request_seconds.labels(route=template, method=method).observe(elapsed)
+            self.metrics.count_request(template, method, status, elapsed)
             access_logger.info(
                 "%s %s %d",
                 method,
@@ -71,6 +87,18 @@ class RequestContextMiddleware:
                 extra={"status": status, "duration_ms": round(elapsed * 1000, 2), "route": template},
             )
             request_id_var.reset(token)
+
+
+async def _drain(receive: Receive, done: Callable[[], bool]) -> None:
+    """Read and drop what is left of the request body, up to a bound in size and time."""
+
+    async def drop() -> None:
+        size = 0
+        while not done() and size <= _DRAIN_BYTES:
+            size += len((await receive()).get("body", b""))
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(drop(), _DRAIN_SECONDS)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

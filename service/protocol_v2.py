@@ -51,6 +51,11 @@ class ServerMetadata(BaseModel):
     extensions: list[str]
 
 
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
 class ModelMetadata(BaseModel):
     name: str
     versions: list[str]

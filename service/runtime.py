@@ -109,7 +109,9 @@ class ModelRuntime:
         """Logits for encoded images, and the seconds their preprocessing took."""
         with self.batcher.admit(len(uploads)) as slot:
             started = time.monotonic()
-            inputs = await deadline.wait(self._preprocess(uploads), "preprocessing")
+            inputs, pending = self._preprocess(uploads)
+            if pending:
+                await deadline.wait(asyncio.gather(*pending), "preprocessing")
             preprocess_s = time.monotonic() - started
             return await slot.infer(inputs, deadline), preprocess_s
 
@@ -118,8 +120,8 @@ class ModelRuntime:
         with self.batcher.admit(len(inputs)) as slot:
             return await slot.infer(inputs, deadline)
 
-    async def _preprocess(self, uploads: Sequence[Upload]) -> np.ndarray:
-        """The batch of ``uploads``, each image written into its row as it is done.
+    def _preprocess(self, uploads: Sequence[Upload]) -> tuple[np.ndarray, list[asyncio.Future[None]]]:
+        """The batch of ``uploads``, and the pool's work still writing rows into it.
 
         Headers are read here (cheap, and they bound the work); a small image is finished on the event
         loop, where it costs less than the hand-off to a worker thread; larger ones go to the pool.
@@ -134,8 +136,7 @@ class ModelRuntime:
                 self._finish(index, upload, image, batch[index])
             else:
                 pending.append(loop.run_in_executor(self._pool, self._finish, index, upload, image, batch[index]))
-        await asyncio.gather(*pending)
-        return batch
+        return batch, pending
 
     def _finish(self, index: int, upload: Upload, image: Image.Image, row: np.ndarray) -> None:
         started = time.perf_counter()

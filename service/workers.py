@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -66,15 +67,21 @@ def worker_environment(settings: Settings, workers: int, metrics_dir: str) -> di
     return env
 
 
-def supervise(settings: Settings, workers: int) -> int:
-    """Run ``workers`` worker processes on one socket until they have all stopped; their exit status."""
-    from prometheus_client import multiprocess
+READY_FD_ENV = "NIFF_READY_FD"
 
+
+def supervise(settings: Settings, workers: int) -> int:
+    """Run ``workers`` worker processes on one socket until they have all stopped; their exit status.
+
+    The first worker starts alone: a model that cannot load ends the server with that worker's one
+    error line, and the others start only once it serves. Once all serve, the supervisor logs so and
+    lets go of the socket: when every worker has stopped accepting (the drain), connections are refused.
+    """
     listener = socket.create_server((settings.host, settings.port), backlog=_BACKLOG)
     metrics_dir = tempfile.mkdtemp(prefix="niff-metrics-")
     env = worker_environment(settings, workers, metrics_dir)
     command = [sys.executable, "-m", "niff_serve.worker", str(listener.fileno())]
-    children = [subprocess.Popen(command, env=env, pass_fds=[listener.fileno()]) for _ in range(workers)]
+    children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def forward(sig: int, frame: FrameType | None) -> None:
@@ -86,23 +93,53 @@ def supervise(settings: Settings, workers: int) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    logger.info("serving with %d worker processes", workers, extra={"pids": [c.pid for c in children]})
-    status = 0
+
+    def start(count: int) -> bool:
+        """Start ``count`` workers; whether each of them came to serve."""
+        read_end, write_end = os.pipe()
+        ready_env = {**env, READY_FD_ENV: str(write_end)}
+        fds = [listener.fileno(), write_end]
+        children.extend(subprocess.Popen(command, env=ready_env, pass_fds=fds) for _ in range(count))
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as ready:
+            return len(ready.read(count)) == count  # end of file first: a worker stopped before it served
+
     try:
-        remaining = set(children)
-        while remaining:
-            pid, code = os.wait()
-            child = next((c for c in remaining if c.pid == pid), None)
-            if child is None:
-                continue
-            remaining.discard(child)
-            child.returncode = os.waitstatus_to_exitcode(code)
-            multiprocess.mark_process_dead(pid, metrics_dir)
-            if not stopping:
-                logger.error("worker %d exited with %d; stopping the others", pid, child.returncode)
-                status = child.returncode if child.returncode > 0 else 1
-                forward(signal.SIGTERM, None)
+        started = start(1) and start(workers - 1)
+        listener.close()  # the workers hold it now
+        if not started or stopping:
+            asked = stopping  # a signal during start-up, not a worker that failed
+            forward(signal.SIGTERM, None)
+            codes = [child.wait() for child in children]
+            return 0 if asked else next((code for code in codes if code > 0), 1)
+        logger.info("serving with %d worker processes", workers, extra={"pids": [c.pid for c in children]})
+        return _wait_for(children, metrics_dir, forward, lambda: stopping)
     finally:
         listener.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _wait_for(
+    children: list[subprocess.Popen[bytes]],
+    metrics_dir: str,
+    stop_all: Callable[[int, FrameType | None], None],
+    stopping: Callable[[], bool],
+) -> int:
+    """Reap workers until none is left; the first one to die unasked stops the rest and sets the status."""
+    from prometheus_client import multiprocess
+
+    status = 0
+    remaining = set(children)
+    while remaining:
+        pid, code = os.wait()
+        child = next((c for c in remaining if c.pid == pid), None)
+        if child is None:
+            continue
+        remaining.discard(child)
+        child.returncode = os.waitstatus_to_exitcode(code)
+        multiprocess.mark_process_dead(pid, metrics_dir)
+        if not stopping():
+            logger.error("worker %d exited with %d; stopping the others", pid, child.returncode)
+            status = child.returncode if child.returncode > 0 else 1
+            stop_all(signal.SIGTERM, None)
     return status

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 from model_helpers import zoo_model
+
+from niff_export.cli import main
 
 SMALL = 32
 
@@ -38,9 +41,19 @@ def test_exports_a_checkpoint(checkpoint, tmp_path):
     assert {p.name for p in (tmp_path / "cifar" / "1").iterdir()} == {"model.onnx", "model.pt"}
 
 
-def test_help_explains_every_option():
-    done = run("--help")
-    assert done.returncode == 0
+def main_(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``niff-export ARGS`` in-process: exit status, stdout, stderr."""
+    try:
+        status = main(list(args))
+    except SystemExit as exit_:  # argparse: --help, --version, usage errors
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_help_explains_every_option(capsys):
+    status, out, _ = main_("--help", capsys=capsys)
+    assert status == 0
     for option in (
         "--size",
         "--arch",
@@ -55,15 +68,25 @@ def test_help_explains_every_option():
         "--trust-pickle",
         "--ema",
         "--max-batch-size",
+        "--model-version",
+        "--version",
     ):
-        assert option in done.stdout
-    assert "resnet50_split" in done.stdout and "matmul" in done.stdout
+        assert option in out
+    assert "resnet50_split" in out and "matmul" in out
 
 
-def _fails(done: subprocess.CompletedProcess, message: str) -> None:
-    assert done.returncode != 0
-    assert message in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
+def test_version_names_the_libraries_it_exports_with(capsys):
+    status, out, _ = main_("--version", capsys=capsys)
+    assert status == 0
+    assert re.fullmatch(r"niff-export \S+ \(torch \S+, onnx \S+, onnxscript \S+, onnxruntime \S+\)\n", out), out
+
+
+def _fails(result: tuple[int, str, str], message: str, status: int | None = None) -> str:
+    code, _, err = result
+    assert code != 0 and (status is None or code == status)
+    assert message in err, err
+    assert "Traceback" not in err
+    return err
 
 
 @pytest.mark.parametrize(
@@ -72,65 +95,105 @@ def _fails(done: subprocess.CompletedProcess, message: str) -> None:
         (["--arch", "resnet19_split"], "unknown model 'resnet19_split'"),
         (["--arch", "resnet34_split"], "does not fit resnet34_split"),
         (["--num-classes", "1000"], "num_classes=1000 but the checkpoint's classifier head has 10"),
-        (["--size", "32x48"], "square inputs only"),
-        (["--size", "abc"], "expected a side length"),
-        (["--size", "4"], "at least 8"),
         (["--format", "tflite"], "unknown format tflite"),
         (["--fft", "dft", "--opset", "18"], "DFT op needs opset >= 20"),
         (["--fft", "cufft"], "invalid choice"),
         (["--name", "../escape"], "invalid model name"),
     ],
-    ids=[
-        "unknown-arch",
-        "wrong-arch",
-        "num-classes",
-        "non-square",
-        "garbage-size",
-        "too-small",
-        "format",
-        "dft-opset",
-        "fft-choice",
-        "bad-name",
-    ],
+    ids=["unknown-arch", "wrong-arch", "num-classes", "format", "dft-opset", "fft-choice", "bad-name"],
 )
-def test_user_mistakes(checkpoint, tmp_path, extra, message):
-    args = [str(checkpoint), "--size", str(SMALL), "--out", str(tmp_path), *extra]
-    if "--size" in extra:
-        args = [str(checkpoint), "--out", str(tmp_path), *extra]
-    _fails(run(*args), message)
+def test_user_mistakes(checkpoint, tmp_path, capsys, extra, message):
+    _fails(main_(str(checkpoint), "--size", str(SMALL), "--out", str(tmp_path), *extra, capsys=capsys), message)
     assert not any(tmp_path.iterdir())
 
 
-def test_unreadable_and_missing_files(tmp_path):
-    bad = tmp_path / "bad.pt"
-    bad.write_text("not a checkpoint")
-    _fails(run(str(bad), "--size", "32", "--out", str(tmp_path / "out")), "not a readable PyTorch checkpoint")
-    _fails(run(str(tmp_path / "absent.pt"), "--size", "32"), "no such checkpoint file")
+@pytest.mark.parametrize(
+    "size, message",
+    [
+        ("32x48", "square inputs only"),
+        ("abc", "expected a side length"),
+        ("4", "at least 8 pixels, got 4"),
+        ("0", "at least 8 pixels, got 0"),
+        ("-5", "at least 8 pixels, got -5"),
+    ],
+)
+def test_size_is_checked_before_the_checkpoint_is_read(tmp_path, capsys, size, message):
+    """One check, in argparse, for every bad size; a missing checkpoint is not even looked at."""
+    err = _fails(main_(str(tmp_path / "absent.pt"), "--size", size, capsys=capsys), message, status=2)
+    assert err.startswith("usage: niff-export") and "absent.pt" not in err
 
 
-def test_unwritable_out_dir(checkpoint, tmp_path):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"epoch,loss\n1,0.5\n", "is not a PyTorch checkpoint: torch.save writes a zip archive"),
+        (b"", "is empty, not a PyTorch checkpoint"),
+        (bytes(range(7, 256)) * 40, "is not a PyTorch checkpoint"),
+        (b"\x80\x02" + bytes(range(7, 256)) * 40, "is not a readable PyTorch checkpoint: Unsupported operand"),
+        (b"PK\x03\x04garbage-zip", "is not a readable PyTorch checkpoint: PytorchStreamReader failed"),
+    ],
+    ids=["text-renamed-pth", "empty", "random-bytes", "pickle-garbage", "corrupt-zip"],
+)
+def test_files_that_are_not_checkpoints(tmp_path, capsys, content, message):
+    bad = tmp_path / "model.pth"
+    bad.write_bytes(content)
+    err = _fails(main_(str(bad), "--size", "32", "--out", str(tmp_path / "out"), capsys=capsys), message, status=1)
+    assert err.strip().splitlines()[0] == "[1/5] Loading checkpoint …" and len(err.strip().splitlines()) == 2
+    assert "weights_only" not in err and "pop from empty list" not in err
+
+
+def test_unrecognised_keys_ask_for_the_arch_option(tmp_path, capsys):
+    path = tmp_path / "other.pt"
+    # NIFF filter weights in a layout no zoo architecture has: the architecture must be named.
+    keys = {"encoder.mlp_real.layer_mpl1.weight": torch.zeros(8, 2, 1, 1), "decoder.weight": torch.zeros(3, 3)}
+    torch.save(keys, path)
+    err = _fails(main_(str(path), "--size", "32", "--out", str(tmp_path / "out"), capsys=capsys), "pass --arch NAME")
+    assert "cannot tell the architecture from the checkpoint's keys" in err and "arch=" not in err
+
+
+def test_missing_file(tmp_path, capsys):
+    _fails(main_(str(tmp_path / "absent.pt"), "--size", "32", capsys=capsys), "no such checkpoint file", status=1)
+
+
+def test_unwritable_out_dir(checkpoint, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    _fails(run(str(checkpoint), "--size", str(SMALL), "--out", str(blocker / "models")), "cannot write to")
-
-
-def test_labels_must_match_classes(checkpoint, tmp_path):
-    labels = tmp_path / "labels.txt"
-    labels.write_text("cat\ndog\n")
     _fails(
-        run(str(checkpoint), "--size", str(SMALL), "--out", str(tmp_path / "out"), "--labels", str(labels)),
-        "2 labels given for a model with 10 classes",
+        main_(str(checkpoint), "--size", str(SMALL), "--out", str(blocker / "models"), capsys=capsys), "cannot write to"
     )
 
 
-def test_pickled_module_needs_trust(tmp_path):
+def test_labels_must_match_classes(checkpoint, tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    args = (str(checkpoint), "--size", str(SMALL), "--out", str(tmp_path / "out"), "--labels", str(labels))
+    _fails(main_(*args, capsys=capsys), "2 labels given for a model with 10 classes")
+
+
+def test_pickled_module_needs_trust(tmp_path, capsys):
     path = tmp_path / "whole.pt"
     torch.save(zoo_model("resnet18_split", SMALL), path)
-    _fails(run(str(path), "--size", str(SMALL), "--out", str(tmp_path / "out")), "--trust-pickle")
+    err = _fails(
+        main_(str(path), "--size", str(SMALL), "--out", str(tmp_path / "out"), capsys=capsys), "--trust-pickle"
+    )
+    assert "holds pickled Python objects (niff.models.resnet.ResNet)" in err and "trust_pickle=" not in err
 
 
-def test_refuses_to_overwrite_a_foreign_folder(checkpoint, tmp_path):
+def test_refuses_to_overwrite_a_foreign_folder(checkpoint, tmp_path, capsys):
     (tmp_path / "resnet18_split").mkdir()
     (tmp_path / "resnet18_split" / "notes.txt").write_text("mine")
-    _fails(run(str(checkpoint), "--size", str(SMALL), "--out", str(tmp_path)), "is not a model folder")
+    _fails(main_(str(checkpoint), "--size", str(SMALL), "--out", str(tmp_path), capsys=capsys), "is not a model folder")
     assert (tmp_path / "resnet18_split" / "notes.txt").read_text() == "mine"
+
+
+def test_an_error_from_the_real_process_is_one_line_and_status_1(tmp_path):
+    """The console entry point end to end (the other error cases run in-process through main)."""
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    done = run(str(bad), "--size", "32", "--out", str(tmp_path / "out"))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"niff-export: error: {bad} is not a PyTorch checkpoint: torch.save writes a zip archive (or a pickle in "
+        "its legacy format), and this file is neither"
+    )
+    assert "Traceback" not in done.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from reference_vectors import MISSING_REASON, available, layer_for, relative_error, vectors
+from reference_vectors import layer_for, relative_error, vectors
 
 from niff.layers import FreqConv1x1, FreqConvDW, split_conv
 from niff_export import bake, lower
@@ -25,7 +25,6 @@ def _loaded(golden):
     return layer.eval(), data
 
 
-@pytest.mark.skipif(not available(), reason=MISSING_REASON)
 @pytest.mark.parametrize("lowering", ["torch", "matmul"])
 @pytest.mark.parametrize("golden", GOLDEN_LAYERS, ids=lambda g: g.file)
 def test_baked_layer_matches_reference(golden, lowering):
@@ -37,7 +36,6 @@ def test_baked_layer_matches_reference(golden, lowering):
     assert relative_error(out, data["output"]) <= 1e-5
 
 
-@pytest.mark.skipif(not available(), reason=MISSING_REASON)
 @pytest.mark.parametrize("golden", [g for g in GOLDEN_LAYERS if g.meta["C"] == 16], ids=lambda g: g.file)
 def test_onnx_layer_matches_reference(golden, tmp_path):
     layer, data = _loaded(golden)

@@ -13,11 +13,11 @@ import onnxruntime as ort
 import pytest
 import torch
 from model_helpers import zoo_model
-from reference_vectors import MISSING_REASON, REFERENCE_DIR, available, relative_error
+from reference_vectors import relative_error, vectors
 
 import niff
 from niff_contract import parse_config, sha256_file
-from niff_export import export_checkpoint, export_model
+from niff_export import FORMATS, export_checkpoint, export_model, lowering_for
 
 SMALL = 32
 
@@ -65,19 +65,10 @@ def test_full_size_export(name, tmp_path):
     assert np.array_equal(out.argmax(1), reference.argmax(1).numpy())
 
 
-@pytest.mark.skipif(not available(), reason=MISSING_REASON)
-@pytest.mark.parametrize(
-    "file",
-    [
-        "resnet18_split__c10_s32.pt",
-        "mobilenet_v2__c10_s32.pt",
-        "convnext_narrow__c10_s32.pt",
-        "densenet_narrow_split__c10_s32.pt",
-    ],
-)
-def test_reference_models_exported_match_reference_outputs(file, tmp_path):
-    data = torch.load(REFERENCE_DIR / file, weights_only=True)
-    checkpoint = tmp_path / file
+@pytest.mark.parametrize("golden", [g for g in vectors() if not g.is_layer], ids=lambda g: g.file)
+def test_reference_models_exported_match_reference_outputs(golden, tmp_path):
+    data = golden.load()
+    checkpoint = tmp_path / golden.file
     torch.save({"model": data["state_dict"]}, checkpoint)
     result = export_checkpoint(checkpoint, 32, tmp_path / "repo")
     onnx_out = torch.from_numpy(_onnx(result.path).run(None, {"input": data["input"].numpy()})[0])
@@ -94,8 +85,10 @@ def small_model():
 
 
 def test_every_lowering(small_model, tmp_path):
+    # --fft torch and --fft dft name the same artifacts (ONNX DFT ops, torch.fft in TorchScript): one export.
+    assert {fmt: lowering_for(fmt, "torch") for fmt in FORMATS} == {fmt: lowering_for(fmt, "dft") for fmt in FORMATS}
     ops = {}
-    for fft in ("matmul", "dft", "torch"):
+    for fft in ("matmul", "dft"):
         result = export_model(small_model, SMALL, tmp_path / fft, fft=fft)
         assert result.parity.passed
         graph = onnx.load(str(result.path / "1" / "model.onnx")).graph
@@ -159,6 +152,8 @@ def test_repository_files_describe_the_model(small_model, tmp_path):
     assert (result.path / "labels.txt").read_text().splitlines() == [f"c{i}" for i in range(10)]
     config = parse_config((result.path / "config.pbtxt").read_text())
     assert config.name == "tiny" and list(config.input[0].dims) == [3, 32, 32] and list(config.output[0].dims) == [10]
+    assert list(config.version_policy.specific.versions) == [1] and meta["version"] == 1
+    assert {info["path"].split("/")[0] for info in meta["artifacts"].values()} == {"1"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

@@ -30,6 +30,15 @@ def cuda_device_count() -> int:
     return count.value
 
 
+def load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from PyPI's NVIDIA wheels when they are installed (the GPU images' only CUDA,
+    the same libraries torch's CUDA build loads), before the CUDA provider needs them; else onnxruntime
+    falls back to the system's library path. onnxruntime before 1.21 has no preload_dlls."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload(cuda=True, cudnn=True, msvc=False)
+
+
 def cuda_available() -> bool:
     """Whether this onnxruntime build ships the CUDA provider *and* a GPU is there to run it.
 
@@ -49,6 +58,8 @@ class OnnxRuntimeBackend(Backend):
         # Idle intra-op threads would otherwise spin between batches, taking CPU from preprocessing and HTTP.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[str] = [CUDA_PROVIDER, "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        if device == "cuda":
+            load_cuda_libraries()
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for every load failure

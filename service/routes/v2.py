@@ -3,32 +3,37 @@ model-configuration, statistics and model-repository extensions."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi.responses import JSONResponse
 
 from niff_contract import TRITON_PLATFORMS, config_json, message_json
 from niff_serve import extensions
-from niff_serve.auth import require_api_key
+from niff_serve.auth import SECURITY, bearer_token, check_api_key, require_api_key
 from niff_serve.backends import ARTIFACT_OF
+from niff_serve.dataplane import InferenceResult
 from niff_serve.deadline import Deadline
 from niff_serve.disconnect import cancel_on_disconnect
-from niff_serve.errors import ServiceUnavailable
 from niff_serve.protocol_v2 import (
     EXTENSIONS,
     HEADER_LENGTH,
     ModelMetadata,
+    ModelReady,
     ServerMetadata,
     decode_request,
     encode_response,
     model_metadata,
 )
 from niff_serve.request_body import read_body
-from niff_serve.runtime import Model, State
-from niff_serve.schemas import ERROR_RESPONSES, Readiness
+from niff_serve.runtime import Model, ModelRuntime, ServiceState, State
+from niff_serve.schemas import ERROR_RESPONSES
 from niff_serve.version import __version__
 
 router = APIRouter(prefix="/v2", tags=["KServe v2"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+# Inference checks the API key itself: no dependency injection on the hot path.
+hot_router = APIRouter(prefix="/v2", tags=["KServe v2"], responses=ERROR_RESPONSES)
 
 _INFER_BODY = {
     "requestBody": {
@@ -63,12 +68,17 @@ async def get_model_metadata(runtime: Model) -> ModelMetadata:
     return model_metadata(runtime.name, runtime.folder.version, platform, runtime.tensor_shape)
 
 
-@router.get("/models/{name}/ready", response_model=Readiness, summary="Model readiness (200 ready, 503 not)")
-@router.get("/models/{name}/versions/{version}/ready", response_model=Readiness, include_in_schema=False)
-async def model_ready(runtime: Model, state: State) -> Readiness:
-    if not (runtime.ready and state.ready):
-        raise ServiceUnavailable(f"model {runtime.name!r} is not ready")
-    return Readiness(ready=True, models={runtime.name: True})
+@router.get(
+    "/models/{name}/ready",
+    response_model=ModelReady,
+    responses={503: {"model": ModelReady, "description": "Loading, or draining after SIGTERM."}},
+    summary="Model readiness (200 ready, 503 not)",
+)
+@router.get("/models/{name}/versions/{version}/ready", response_model=ModelReady, include_in_schema=False)
+async def model_ready(runtime: Model, state: State) -> JSONResponse:
+    ready = runtime.ready and state.ready
+    body = ModelReady(name=runtime.name, ready=ready)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
 @router.get("/models/{name}/config", summary="Model configuration (Triton's model configuration extension)")
@@ -97,9 +107,15 @@ async def model_control(name: str) -> None:
     raise extensions.refuse_model_control()
 
 
-@router.post("/models/{name}/infer", openapi_extra=_INFER_BODY, summary="Run inference (v2 protocol)")
-@router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY, include_in_schema=False)
-async def infer(runtime: Model, request: Request, state: State) -> Response:
+@hot_router.post(
+    "/models/{name}/infer", openapi_extra=_INFER_BODY | {"security": SECURITY}, summary="Run inference (v2 protocol)"
+)
+@hot_router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
+async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    """The hot path: no dependency injection; decoding and encoding run on the worker pool."""
+    state: ServiceState = request.app.state.service
+    check_api_key(state.settings.api_key, bearer_token(request.headers.get("authorization")))
+    runtime = state.dataplane.model(name, version)
     deadline = Deadline(state.settings.request_timeout_s)
     settings = state.settings
     with state.body_budget.share() as share:
@@ -114,5 +130,15 @@ async def infer(runtime: Model, request: Request, state: State) -> Response:
             share.claim,
         )
         result = await cancel_on_disconnect(request.receive, state.dataplane.infer(decoded.inference, deadline))
-    content, headers = await state.offload(encode_response, result, decoded.outputs)
+    content, headers = await state.offload(_timed_encode, runtime, result, decoded.outputs)
     return Response(content, headers=headers)
+
+
+def _timed_encode(
+    runtime: ModelRuntime, result: InferenceResult, outputs: dict[str, bool]
+) -> tuple[bytes, dict[str, str]]:
+    started = time.thread_time()
+    try:
+        return encode_response(result, outputs)
+    finally:
+        runtime.metrics.count_cpu("encode", time.thread_time() - started)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from deploy_support import (
     ROOT,
     Dockerfile,
-    documented_cpu_image_command,
-    make_dry_run,
     parse_dockerfile,
     settings_class,
 )
@@ -100,14 +97,3 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     repository = tmp_path_factory.mktemp("empty-repository")
     return create_app(settings_class()(model_repository=repository, api_key="deploy-test-key"))
-
-
-@pytest.fixture(scope="session")
-def make_image_tags() -> dict[str, str]:
-    """The image name:tag `make image` builds for the GPU default and for the documented CPU build."""
-    tags = {}
-    for variant, args in (("gpu", ["image"]), ("cpu", documented_cpu_image_command())):
-        build = next(line for line in make_dry_run(*args).splitlines() if " build " in line)
-        words = shlex.split(build)
-        tags[variant] = words[words.index("-t") + 1]
-    return tags

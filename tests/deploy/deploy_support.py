@@ -72,10 +72,21 @@ class Dockerfile:
 
     @property
     def final(self) -> Stage:
-        return self.stages[-1]
+        """The default target (the last stage), with what it inherits from earlier stages."""
+        return self.target(self.stages[-1].name)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
+
+    def target(self, name: str) -> Stage:
+        """Stage ``name`` as an image: the instructions of the stages it is built FROM, then its own;
+        ``base`` is the image the chain starts from."""
+        stage = self.stage(name)
+        names = {s.name for s in self.stages}
+        if stage.base not in names:
+            return stage
+        parent = self.target(stage.base)
+        return Stage(parent.base, name, parent.instructions + stage.instructions)
 
     def resolve(self, text: str) -> str:
         """Substitute the global ARG defaults into a FROM reference."""
@@ -278,8 +289,9 @@ def serve_script_name(pyproject: dict[str, Any]) -> str:
 
 
 def export_script_name(pyproject: dict[str, Any]) -> str:
-    names = [n for n, t in pyproject["project"]["scripts"].items() if t.startswith("niff_export.")]
-    assert len(names) == 1, f"expected one console script into export/, got {names}"
+    """The console script of the export CLI (niff-export; export/ also holds niff-report)."""
+    names = [n for n, t in pyproject["project"]["scripts"].items() if t.partition(":")[0] == "niff_export.cli"]
+    assert len(names) == 1, f"expected one console script into export/cli.py, got {names}"
     return names[0]
 
 
@@ -301,10 +313,19 @@ def make_dry_run(*args: str) -> str:
     return result.stdout
 
 
-def documented_cpu_image_command() -> list[str]:
-    """The `make image ...` line docs/deploy.md gives for the CPU image."""
-    for line in (ROOT / "docs" / "deploy.md").read_text().splitlines():
-        words = shlex.split(line.strip())
-        if words[:2] == ["make", "image"] and "ONNXRUNTIME_PACKAGE=onnxruntime" in words:
-            return words[1:]
-    raise AssertionError("docs/deploy.md shows no `make image ... ONNXRUNTIME_PACKAGE=onnxruntime` line")
+def documented_image_commands() -> list[list[str]]:
+    """The `make image ...` lines docs/deploy.md gives (arguments after `make`)."""
+    commands = []
+    text = (ROOT / "docs" / "deploy.md").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.strip().startswith("make image"):
+            commands.append(shlex.split(line.strip().split("#")[0])[1:])
+    assert commands, "docs/deploy.md shows no `make image` line"
+    return commands
+
+
+def make_image_tag(*args: str) -> str:
+    """The name:tag `make image ARGS` builds."""
+    build = next(line for line in make_dry_run("image", *args).splitlines() if " build " in line)
+    words = shlex.split(build)
+    return words[words.index("-t") + 1]

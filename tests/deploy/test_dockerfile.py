@@ -1,8 +1,10 @@
-"""The Dockerfile: hadolint, its structure (multi-stage, CUDA base, no compilers, non-root), and that
-its entry point, port, health check, settings and build context match the project."""
+"""The Dockerfile: hadolint, its targets (serve-onnx, serve, export) and how they are built (one pinned
+base, locked dependencies in their own layer, no compilers, no package manager, non-root), and that
+their entry points, port, health check, settings, labels and build context match the project."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import shutil
@@ -14,13 +16,13 @@ from deploy_support import (
     ROOT,
     VENV_BIN,
     exec_form,
+    export_script_name,
     load_target,
     script_target,
     serve_script_name,
     settings_class,
     settings_env_names,
 )
-from packaging.requirements import Requirement
 from starlette.routing import Match
 
 COMPILERS = re.compile(r"^(gcc|g\+\+|cpp|clang|cc|c\+\+|build-essential|make|cmake|gfortran|.*-dev)(=.*)?$")
@@ -56,68 +58,72 @@ def test_every_lint_suppression_is_explained(dockerfile):
         assert len(reason) >= 20, f"Dockerfile line {number}: {comment!r} has no explanation"
 
 
-def test_multi_stage_on_a_pinned_cuda_runtime_base(dockerfile):
-    assert len(dockerfile.stages) >= 2, "expected a builder stage and a runtime stage"
-    assert "BASE_IMAGE" in dockerfile.global_args, "the base must be the BASE_IMAGE build argument"
-    final = dockerfile.final
-    assert final.base in ("${BASE_IMAGE}", "$BASE_IMAGE"), f"the runtime stage is FROM {final.base}"
-    base = dockerfile.resolve(final.base)
-    image, _, tag = base.rpartition(":")
-    assert image == "nvidia/cuda", base
-    assert re.fullmatch(r"\d+\.\d+\.\d+-cudnn\d*-runtime-ubuntu\d+\.\d+", tag), (
-        f"not a pinned cuDNN runtime tag: {base}"
-    )
-    # The virtual environment is copied between stages: both must have the same interpreter path.
-    bases = {dockerfile.resolve(stage.base) for stage in dockerfile.stages}
-    assert bases == {base}, f"stages use different bases: {bases}"
+def lock_module():
+    """deploy/image/lock.py: the image targets, their extras and variants."""
+    spec = importlib.util.spec_from_file_location("image_lock", ROOT / "deploy" / "image" / "lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_runtime_stage_copies_the_venv_and_installs_no_compiler(dockerfile):
-    final = dockerfile.final
-    builders = {s.name for s in dockerfile.stages[:-1]}
-    copies = [c.value for c in final.all("COPY") if c.value.startswith("--from=")]
-    assert any(c.split()[0].removeprefix("--from=") in builders for c in copies), "no COPY --from the builder"
-    for run in final.all("RUN"):
-        for command in re.split(r"&&|;", run.value):
-            words = command.split()
-            if "install" in words and ("apt-get" in words or "apt" in words):
-                packages = [w for w in words[words.index("install") + 1 :] if not w.startswith("-")]
-                assert packages, command
-                bad = [p for p in packages if COMPILERS.match(p)]
-                assert not bad, f"the runtime stage installs build tools: {bad}"
-            assert not ({"pip", "pip3"} & set(words) and "install" in words), (
-                f"pip install in the runtime stage: {command}"
-            )
+TARGETS = lock_module().TARGETS
+SERVING = [t for t in TARGETS if t != "export"]
 
 
-def test_builder_installs_cuda_torch_first_then_the_project_with_onnxruntime_gpu(dockerfile, pyproject):
-    builder = dockerfile.stages[0]
-    args = {i.value.partition("=")[0]: i.value.partition("=")[2] for i in builder.all("ARG")}
-    assert args.get("ONNXRUNTIME_PACKAGE") == "onnxruntime-gpu"
-    runs = [r.value for r in builder.all("RUN")]
-    torch_run = next(i for i, r in enumerate(runs) if "torch==${TORCH_VERSION}" in r)
-    assert "--index-url" in runs[torch_run] and "${TORCH_INDEX_URL}" in runs[torch_run]
-    project_run = next(i for i, r in enumerate(runs) if re.search(r"/src\[([\w,]+)\]", r))
-    assert torch_run < project_run, "torch must be installed before the project (its build decides CUDA or CPU)"
-    extras = set(re.search(r"/src\[([\w,]+)\]", runs[project_run]).group(1).split(","))
-    assert extras == {"service", "export"}
-    assert extras <= set(pyproject["project"]["optional-dependencies"]), "installs an extra pyproject lacks"
-    assert "pip uninstall -y onnxruntime" in runs[project_run], "the CPU onnxruntime must give way to the GPU build"
+def test_all_targets_start_from_one_pinned_debian_base(dockerfile):
+    """One base for every stage (the venv built in `builder` links to the runtime's python3), pinned to
+    a Debian point release, fully qualified (podman resolves no short names without a prompt)."""
+    base = dockerfile.resolve("${BASE_IMAGE}")
+    assert re.fullmatch(r"docker\.io/library/debian:12\.\d+-slim", base), f"not a pinned Debian 12 tag: {base}"
+    names = [s.name for s in dockerfile.stages]
+    for stage in dockerfile.stages:
+        assert stage.base in ("${BASE_IMAGE}", "scratch") or stage.base in names[: names.index(stage.name)], stage
+    roots = {dockerfile.target(name).base for name in ("runtime", "builder", *TARGETS)}
+    assert roots == {"${BASE_IMAGE}"}, roots
 
-    # The pinned versions satisfy what the project declares.
-    declared = pyproject["project"]["optional-dependencies"]
-    requirements = [
-        Requirement(r) for r in pyproject["project"]["dependencies"] + declared["service"] + declared["torch"]
-    ]
-    by_name = {r.name: r for r in requirements}
-    assert by_name["torch"].specifier.contains(args["TORCH_VERSION"]), (args["TORCH_VERSION"], by_name["torch"])
-    assert by_name["onnxruntime"].specifier.contains(args["ONNXRUNTIME_VERSION"])
+
+def test_targets_are_the_locked_ones_and_serve_onnx_is_the_default(dockerfile):
+    names = [s.name for s in dockerfile.stages]
+    assert set(TARGETS) <= set(names)
+    assert names[-1] == "serve-onnx", "the last stage is what a plain `docker build` makes: the ONNX server"
+    for target, (_, variants) in TARGETS.items():
+        for variant in variants:
+            assert (ROOT / "deploy" / "image" / "locks" / f"{target}-{variant}.txt").is_file(), (target, variant)
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_a_target_installs_its_lock_then_the_project(dockerfile, target):
+    """The dependencies come in one layer that only the target's lock (and the prune rules) decide; the
+    project follows as its own small layer."""
+    image = dockerfile.target(target)
+    copies = [c.value.split() for c in image.all("COPY") if c.value.startswith("--from=")]
+    assert [c[0] for c in copies] == [f"--from={target}-venv", "--from=project"], copies
+    assert copies[0][1:] == ["/opt/venv", "/opt/venv"]
+    venv = dockerfile.stage(f"{target}-venv")
+    assert venv.base == "builder"
+    assert [i.keyword for i in venv.instructions if i.keyword != "ARG"] == ["COPY", "RUN"]
+    (copy,) = venv.all("COPY")
+    source, destination = copy.value.split()
+    assert source.startswith(f"deploy/image/locks/{target}-"), source
+    run = venv.last("RUN").value
+    assert f"-r {destination}" in run and "prune.py /opt/venv" in run
+    pip = dockerfile.stage("builder").env()
+    assert (pip["PIP_REQUIRE_HASHES"], pip["PIP_NO_DEPS"], pip["PIP_ONLY_BINARY"]) == ("1", "1", ":all:")
+    assert pip["PIP_PYTHON"] == "/opt/venv/bin/python"
+
+
+def test_project_stage_builds_the_wheel_with_the_locked_build_backend(dockerfile):
+    project = dockerfile.stage("project")
+    runs = [r.value for r in project.all("RUN")]
+    assert "-r /tmp/build-requirements.txt" in runs[0]
+    assert "--no-build-isolation" in runs[-1] and "--no-index" in runs[-1] and "--root /staging" in runs[-1]
+    sources = [c.value.split()[0] for c in project.all("COPY")]
+    assert sources[0] == "deploy/image/locks/build.txt", "the build backend's lock comes before the sources"
 
 
 def test_builder_copies_every_package_the_project_ships(dockerfile, pyproject):
-    builder = dockerfile.stages[0]
     copied = set()
-    for copy in builder.all("COPY"):
+    for copy in dockerfile.stage("project").all("COPY"):
         parts = [p for p in copy.value.split() if not p.startswith("--")]
         copied.update(Path(p).as_posix().rstrip("/") for p in parts[:-1])
     setuptools = pyproject["tool"]["setuptools"]
@@ -128,32 +134,50 @@ def test_builder_copies_every_package_the_project_ships(dockerfile, pyproject):
     assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
 
 
-def test_runtime_user_is_numeric_and_not_root(dockerfile):
-    user = dockerfile.final.last("USER")
-    assert user is not None, "no USER: the server would run as root"
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_images_install_no_compiler_and_run_no_pip(dockerfile, target):
+    for run in dockerfile.target(target).all("RUN"):
+        for command in re.split(r"&&|;", run.value):
+            words = command.split()
+            if "install" in words and ("apt-get" in words or "apt" in words):
+                packages = [w for w in words[words.index("install") + 1 :] if not w.startswith("-")]
+                assert packages, command
+                bad = [p for p in packages if COMPILERS.match(p)]
+                assert not bad, f"the {target} image installs build tools: {bad}"
+            assert not ({"pip", "pip3"} & set(words)), f"pip in the {target} image: {command}"
+
+
+def test_runtime_removes_the_package_manager_and_setuid_bits(dockerfile):
+    (run,) = dockerfile.stage("runtime").all("RUN")
+    assert re.search(r"find / -xdev -type f -perm /6000 -exec chmod ug-s", run.value)
+    purge = re.search(r"dpkg --purge ([\w .-]+?) *(&&|$)", run.value)
+    assert purge and "apt" in purge.group(1).split(), "apt is not removed"
+    assert "--force-remove-essential --force-depends dpkg" in run.value
+    assert run.value.index("apt-get install") < purge.start()
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_runtime_user_is_numeric_and_not_root(dockerfile, target):
+    image = dockerfile.target(target)
+    user = image.last("USER")
+    assert user is not None, "no USER: the process would run as root"
     uid, _, gid = user.value.partition(":")
     # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
     assert uid.isdigit() and int(uid) > 0, user.value
     assert not gid or (gid.isdigit() and int(gid) > 0), user.value
-    assert dockerfile.final.instructions.index(user) > max(
-        dockerfile.final.instructions.index(r) for r in dockerfile.final.all("RUN")
-    ), "USER must come after the last RUN"
+    assert image.instructions.index(user) > max(image.instructions.index(r) for r in image.all("RUN")), (
+        "USER must come after the last RUN"
+    )
 
 
-def test_entrypoint_is_the_serve_console_script(dockerfile, pyproject):
-    name = serve_script_name(pyproject)
-    entrypoint = dockerfile.final.last("ENTRYPOINT")
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_entrypoint_is_the_console_script(dockerfile, pyproject, target):
+    name = serve_script_name(pyproject) if target in SERVING else export_script_name(pyproject)
+    entrypoint = dockerfile.target(target).last("ENTRYPOINT")
     assert entrypoint is not None
-    assert exec_form(entrypoint) == [name], "ENTRYPOINT must be the niff-serve console script alone (exec form)"
+    assert exec_form(entrypoint) == [name], f"ENTRYPOINT must be the {name} console script alone (exec form)"
     assert callable(load_target(script_target(pyproject, name)))
-    assert dockerfile.final.last("CMD") is None, "a CMD would pass arguments; configuration is by NIFF_* env"
-
-
-def test_export_console_script_is_installed_too(dockerfile, pyproject):
-    """Init containers run niff-export from the same image: the export package must be installed."""
-    name = next(n for n, t in pyproject["project"]["scripts"].items() if t.startswith("niff_export."))
-    runs = " ".join(r.value for r in dockerfile.stages[0].all("RUN"))
-    assert "export" in re.search(r"/src\[([\w,]+)\]", runs).group(1), f"{name} needs the export extra"
+    assert dockerfile.target(target).last("CMD") is None, "a CMD would pass arguments"
 
 
 def test_env_names_are_settings_and_the_container_is_reachable(dockerfile):
@@ -166,13 +190,13 @@ def test_env_names_are_settings_and_the_container_is_reachable(dockerfile):
     assert host in ("0.0.0.0", "::"), f"the server binds {host}: unreachable from outside the container"
 
 
-def test_model_repository_is_the_models_volume(dockerfile):
+def test_model_repository_is_models_and_no_volume_is_declared(dockerfile):
+    """A VOLUME would leave an anonymous volume behind wherever /models is not mounted (KServe mounts
+    /mnt/models); whoever runs the image mounts the repository."""
     env = dockerfile.final.env()
     prefix = settings_class().model_config["env_prefix"]
-    repository = env.get(f"{prefix}MODEL_REPOSITORY")
-    assert repository == "/models"
-    volumes = [v for instruction in dockerfile.final.all("VOLUME") for v in exec_form(instruction)]
-    assert repository in volumes
+    assert env.get(f"{prefix}MODEL_REPOSITORY") == "/models"
+    assert not [s.name for s in dockerfile.stages if s.all("VOLUME")]
 
 
 def effective_port(dockerfile, field: str = "port") -> int:
@@ -277,13 +301,28 @@ def test_dockerignore_keeps_what_the_build_copies(dockerfile):
         "service/__pycache__/app.cpython-311.pyc",
         "ckpt.pt",
         "deploy/smoke.sh",
+        "deploy/image/lock.py",
+        "deploy/image/ci.sh",
+        "build/image/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
     ],
 )
 def test_dockerignore_keeps_the_rest_out(path):
     assert ignored(path), f"{path} would be sent to the build context"
 
 
-def test_image_labels_carry_the_project_version(dockerfile, pyproject):
-    labels = dict(item.split("=", 1) for label in dockerfile.final.all("LABEL") for item in shlex.split(label.value))
-    assert labels["org.opencontainers.image.version"] == pyproject["project"]["version"]
-    assert labels["org.opencontainers.image.licenses"] == pyproject["project"]["license"]
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_labels_come_last_from_build_arguments(dockerfile, pyproject, target):
+    """OCI labels: version, revision, creation time and source from the build (`make image` passes them),
+    declared after the last layer so that their changing values never invalidate a cached layer."""
+    stage = dockerfile.stage(target)
+    label = stage.last("LABEL")
+    assert stage.instructions[-1] is label
+    labels = dict(item.split("=", 1) for item in shlex.split(label.value))
+    prefix = "org.opencontainers.image."
+    for key, arg in (("version", "VERSION"), ("revision", "REVISION"), ("created", "CREATED"), ("source", "SOURCE")):
+        assert labels[prefix + key] == "${" + arg + "}", key
+        assert any(a.value.partition("=")[0] == arg for a in stage.all("ARG")), f"{target} declares no ARG {arg}"
+    assert labels[prefix + "licenses"] == pyproject["project"]["license"]
+    assert labels[prefix + "title"] == f"niff-{target}"
+    last_layer = max(stage.instructions.index(i) for i in stage.all("COPY"))
+    assert all(stage.instructions.index(a) > last_layer for a in stage.all("ARG"))

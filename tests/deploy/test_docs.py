@@ -24,7 +24,10 @@ def headings() -> list[str]:
 @pytest.mark.parametrize(
     "section",
     [
-        "The image",
+        "The images",
+        "Locked dependencies",
+        "Sizes",
+        "Building where no registry is reachable",
         "Smoke test",
         "Deploying",
         "Model source",

@@ -58,7 +58,7 @@ def test_runtime_speaks_v2_over_http_and_grpc():
     assert {"v2", "grpc-v2"} <= set(runtime()["spec"]["protocolVersions"])
 
 
-def test_runtime_image_is_the_gpu_image_of_the_k8s_deployment():
+def test_runtime_image_is_the_serving_image_of_the_gpu_deployment():
     deployment = one(variant_docs("gpu"), "Deployment").body
     assert (
         runtime()["spec"]["containers"][0]["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]

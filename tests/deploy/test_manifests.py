@@ -16,6 +16,7 @@ from deploy_support import (
     cpu_cores,
     env_literals,
     load_docs,
+    make_image_tag,
     manifest_files,
     one,
     settings_class,
@@ -255,18 +256,30 @@ def test_cpu_variant_uses_no_gpu():
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_images_are_the_tag_make_image_builds(variant: str, make_image_tags):
-    """The manifests reference the tag `make image` gives the GPU (CUDA) or CPU build of this version."""
+def test_images_are_the_tags_make_image_builds(variant: str):
+    """Servers run the serve-onnx image of their variant (CUDA on GPU nodes), init containers the CPU
+    export image: the names and tags `make image` gives them for this version, from one registry."""
     pod = one(variant_docs(variant), "Deployment").body["spec"]["template"]["spec"]
-    expected = make_image_tags[variant]
-    for container in pod.get("initContainers", []) + pod["containers"]:
-        repository, _, tag = container["image"].rpartition(":")
-        assert repository.rsplit("/", 1)[-1] + ":" + tag == expected, container["image"]
-        assert container["imagePullPolicy"] == "Always"
+    wanted = {
+        "initContainers": make_image_tag("TARGET=export"),
+        "containers": make_image_tag("TARGET=serve-onnx", f"VARIANT={'cuda' if variant == 'gpu' else 'cpu'}"),
+    }
+    registries = set()
+    for key, expected in wanted.items():
+        for container in pod[key]:
+            registry, _, name = container["image"].rpartition("/")
+            assert name == expected, container["image"]
+            assert container["imagePullPolicy"] == "Always"
+            registries.add(registry)
+    assert len(registries) == 1, registries
 
 
 def test_deploy_folder_has_no_stray_files():
-    """Everything under deploy/ is a checked manifest, the smoke test, or the checks' requirements."""
+    """Everything under deploy/ is a checked manifest, the smoke test, the checks' requirements, or the
+    image build's support (scripts, locks) in deploy/image."""
+    image = DEPLOY / "image"
     known = set(manifest_files()) | {DEPLOY / "smoke.sh", DEPLOY / "checks-requirements.txt"}
-    stray = [p for p in DEPLOY.rglob("*") if p.is_file() and p not in known]
+    known |= {image / n for n in ("base.sh", "ci.sh", "lock.py", "prune.py", "sizes.py")}
+    known |= set((image / "locks").glob("*.txt"))
+    stray = [p for p in DEPLOY.rglob("*") if p.is_file() and p not in known and "__pycache__" not in p.parts]
     assert not stray, stray

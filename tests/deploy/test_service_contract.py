@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,7 @@ def gpu_reachable() -> bool:
 @pytest.fixture
 def run_cli(dockerfile, pyproject, tiny_repository, monkeypatch):
     """Run the `niff-serve` console script's function with a workload's environment until the point
-    where uvicorn would start serving; returns the uvicorn server it built."""
+    where uvicorn would start serving (in one process); returns the uvicorn server it built."""
     import uvicorn
 
     def run(workload: Workload) -> Any:
@@ -227,6 +228,9 @@ def run_cli(dockerfile, pyproject, tiny_repository, monkeypatch):
         captured: list[Any] = []
         monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: captured.append(self))
         main = load_target(script_target(pyproject, serve_script_name(pyproject)))
+        cli = sys.modules[main.__module__]
+        # Several workers: each serves the supervisor's socket with the same settings, as this process would.
+        monkeypatch.setattr(cli, "supervise", lambda settings, workers: cli.serve(settings))
         with preserved_logging():
             main([])
         assert len(captured) == 1, "niff-serve did not start a uvicorn server"

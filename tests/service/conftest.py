@@ -27,6 +27,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
+from polling import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_sample_images
 
@@ -49,6 +50,7 @@ def export_test_model(
     labels: list[str],
     formats: tuple[str, ...] = ("onnx", "torchscript"),
     preprocessing: niff.Preprocessing | None = None,
+    version: int = 1,
 ) -> Path:
     """Export a tiny NIFF model (ResNet-18 split, narrow) into ``repository/name`` and return that folder."""
     torch.manual_seed(len(name))
@@ -57,7 +59,7 @@ def export_test_model(
     )
     if preprocessing is not None:
         model.niff_spec = dataclasses.replace(model.niff_spec, preprocessing=preprocessing)
-    return niff_export.export_model(model, size, repository, name, formats=formats, labels=labels).path
+    return niff_export.export_model(model, size, repository, name, formats=formats, labels=labels, version=version).path
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +142,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def workers_of(server: ServerProcess) -> list[int]:
+    """The pids of a supervising server's worker processes."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
 class ServerProcess:
     """A ``python -m niff_serve`` process and HTTP helpers to talk to it (gRPC on ``grpc_url``)."""
 
@@ -201,6 +209,14 @@ class ServerProcess:
     def log_records(self) -> list[dict]:
         return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
 
+    def wait_for_log(self, match: Callable[[dict], bool], timeout: float = 30) -> list[dict]:
+        """The log records satisfying ``match``, once there is one (some are written after the answer)."""
+        return wait_until(
+            lambda: [record for record in self.log_records() if match(record)],
+            lambda: f"no matching log record:\n{self.log()[-3000:]}",
+            timeout,
+        )
+
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples whose labels include ``labels`` (0 when absent)."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
@@ -213,11 +229,11 @@ class ServerProcess:
 
     def wait_for_metric(self, name: str, value: float, timeout: float = 30, **labels: str) -> None:
         """Poll until the metric reaches ``value`` (events that happen in the server after a client call)."""
-        deadline = time.monotonic() + timeout
-        while self.metric(name, **labels) < value:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{name}{labels} stayed at {self.metric(name, **labels)}, expected {value}")
-            time.sleep(0.02)
+        wait_until(
+            lambda: self.metric(name, **labels) >= value,
+            lambda: f"{name}{labels} stayed at {self.metric(name, **labels)}, expected {value}",
+            timeout,
+        )
 
     def in_background(self, requests: list[Callable[[httpx.Client], httpx.Response]]) -> list[Future]:
         """Send each request from its own thread and connection, all at once."""

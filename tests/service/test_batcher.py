@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -23,8 +24,10 @@ class RecordingBackend:
         self.fail_when = fail_when
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.entered.set()
         self.gate.wait(10)
         self.batches.append(len(batch))
         if self.fail_when(batch):
@@ -56,6 +59,18 @@ def run(scenario: Scenario, backend: RecordingBackend | None = None, **options: 
 
     asyncio.run(main())
     return backend
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Yield to the event loop until ``condition`` holds: wait for a state, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        await asyncio.sleep(0.001)
+
+
+def queued(batcher: DynamicBatcher, count: int) -> Callable[[], bool]:
+    return lambda: batcher._queued_rows == count
 
 
 async def infer(batcher: DynamicBatcher, inputs: np.ndarray, seconds: float = 10) -> np.ndarray:
@@ -108,19 +123,20 @@ def test_deadline_gives_504_and_frees_the_queue() -> None:
             await infer(batcher, rows(1), seconds=0.05)
         assert batcher._queued_rows == 0 and batcher._admitted == 0
 
-    assert run(scenario, max_delay_s=1).batches == []
+    assert run(scenario, max_delay_s=30).batches == []
 
 
 def test_cancelled_request_is_dropped_before_inference() -> None:
     async def scenario(batcher: DynamicBatcher, _: RecordingBackend) -> None:
         task = asyncio.create_task(infer(batcher, rows(1)))
-        await asyncio.sleep(0.05)
+        await until(queued(batcher, 1))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert (await infer(batcher, rows(2))).ravel().tolist() == [2]
+        # A full batch leaves at once; had the cancelled row stayed queued, it would have gone first.
+        assert (await infer(batcher, rows(2, 2, 2, 2))).ravel().tolist() == [2, 2, 2, 2]
 
-    assert run(scenario, max_delay_s=0.2).batches == [1]
+    assert run(scenario, max_delay_s=30).batches == [4]
 
 
 def test_backend_failure_fails_only_that_batch() -> None:
@@ -137,9 +153,9 @@ def test_requests_queue_while_a_batch_runs_and_leave_together() -> None:
     async def scenario(batcher: DynamicBatcher, backend: RecordingBackend) -> None:
         backend.gate.clear()
         first = asyncio.create_task(infer(batcher, rows(1)))
-        await asyncio.sleep(0.05)  # the first batch is now blocked inside the backend
+        await asyncio.to_thread(backend.entered.wait, 10)  # the first batch is now blocked inside the backend
         rest = [asyncio.create_task(infer(batcher, rows(v))) for v in (2, 3, 4)]
-        await asyncio.sleep(0.05)
+        await until(queued(batcher, 3))
         backend.gate.set()
         assert [r.ravel().tolist() for r in await asyncio.gather(first, *rest)] == [[1], [2], [3], [4]]
 
@@ -153,7 +169,7 @@ def test_close_finishes_admitted_work_and_refuses_new() -> None:
         batcher = DynamicBatcher(backend, max_batch_size=4, max_delay_s=30, max_queue_size=8, metrics=metrics)
         batcher.start()
         pending = [asyncio.create_task(infer(batcher, rows(v))) for v in (1, 2)]
-        await asyncio.sleep(0.05)
+        await until(queued(batcher, 2))
         await batcher.close()  # does not wait the 30 s delay
         assert [r.ravel().tolist() for r in await asyncio.gather(*pending)] == [[1], [2]]
         with pytest.raises(ServiceUnavailable):

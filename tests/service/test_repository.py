@@ -121,7 +121,8 @@ def test_broken_folder_is_a_clear_error(broken: Callable[[Damage], Path], damage
         (edit_json(labels_file="/dev/zero"), "must be a relative path inside"),
         (symlink("labels.txt", "/etc/hostname"), "'labels.txt' leads out of the model folder"),
         (symlink("labels.txt", "/dev/zero"), "leads out of the model folder"),
-        (edit_json(artifacts__onnx__path="/etc/hostname"), "must be a relative path inside"),
+        (edit_json(artifacts__onnx__path="1/../../../etc/hostname"), "must be a relative path inside"),
+        (edit_json(artifacts__onnx__path="/etc/hostname"), "is not in the folder of version 1"),
         (
             lambda f: (shutil.move(f / "niff.json", f.parent), os.symlink("../niff.json", f / "niff.json")),
             "'niff.json' leads out",

@@ -27,6 +27,14 @@ def bomb() -> bytes:
     return buffer.getvalue()
 
 
+@pytest.fixture(scope="module")
+def warning_bomb() -> bytes:
+    """A 10000x10000 PNG: above Pillow's warning threshold (89.5 megapixels), below its hard limit."""
+    buffer = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def _chunks(size: int) -> Iterator[bytes]:
     for _ in range(size // 65536):
         yield os.urandom(65536)
@@ -58,6 +66,12 @@ CASES: dict[str, Case] = {
     ),
     "gif": (415, "not a JPEG", lambda p, b: {"method": "POST", "url": CLASSIFY, "content": p.encode("flower", "GIF")}),
     "png bomb": (413, "more than", lambda p, b: {"method": "POST", "url": CLASSIFY, "content": b}),
+    "classify with GET": (405, f"Method Not Allowed: GET {CLASSIFY}", lambda p, b: {"method": "GET", "url": CLASSIFY}),
+    "classify an unknown model with GET": (
+        405,
+        "Method Not Allowed",
+        lambda p, b: {"method": "GET", "url": "/v1/models/x:classify"},
+    ),
     "oversize body": (
         413,
         "the limit is 2000000",
@@ -216,3 +230,13 @@ def test_no_5xx_and_still_ready_after_the_bad_input_suite(
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     assert client.post(CLASSIFY, content=photos.jpeg["flower"]).status_code == 200
     assert server.process.poll() is None
+
+
+def test_pillows_warnings_reach_the_log_as_json(server: ServerProcess, warning_bomb: bytes) -> None:
+    with server.client() as client:
+        response = client.post(CLASSIFY, content=warning_bomb)
+    assert response.status_code == 413 and "10000x10000 = 100000000 pixels" in response.json()["error"]
+    [record, *_] = server.wait_for_log(lambda r: "DecompressionBombWarning" in r["message"])
+    assert record["logger"] == "py.warnings" and record["level"] == "warning"
+    lines = server.log().splitlines()
+    assert lines and all(line.startswith("{") and json.loads(line) for line in lines)

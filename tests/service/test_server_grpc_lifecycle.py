@@ -1,15 +1,16 @@
-"""The gRPC endpoint's life in the real process: it drains with HTTP on SIGTERM, it can be turned off, and a
-port it cannot have stops start-up with one line."""
+"""The gRPC endpoint's life in the real process: it drains with HTTP on SIGTERM, it can be turned off, worker
+processes share its port, and a port it cannot have stops start-up with one line."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -17,10 +18,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-import tritonclient.http as triton_http
+from polling import wait_until
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from .conftest import TINY, Photos, Reference, ServerProcess, classify, free_port
+from .conftest import TINY, Photos, Reference, ServerProcess, classify, free_port, workers_of
 
 
 def grpc_classify(url: str, data: bytes) -> np.ndarray:
@@ -28,13 +29,6 @@ def grpc_classify(url: str, data: bytes) -> np.ndarray:
         tensor = triton.InferInput("image", [1], "BYTES")
         tensor.set_data_from_numpy(np.array([data], dtype=object))
         return client.infer(TINY, [tensor]).as_numpy("logits")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{condition.__name__} did not happen within {timeout} s"
-        time.sleep(0.02)
 
 
 def test_sigterm_drains_grpc_and_http_alike(
@@ -69,7 +63,7 @@ def test_sigterm_drains_grpc_and_http_alike(
                 answers.append(error.code())
             return answers[-1] == grpc.StatusCode.UNAVAILABLE
 
-        wait_until(new_calls_refused)
+        wait_until(new_calls_refused, "new gRPC calls still accepted")
         assert False in answers[: answers.index(grpc.StatusCode.UNAVAILABLE)], "not-ready was never reported"
         # A new connection is refused too.
         with grpc.insecure_channel(server.grpc_url) as fresh, pytest.raises(grpc.RpcError) as refused:
@@ -83,7 +77,7 @@ def test_sigterm_drains_grpc_and_http_alike(
                 return True
             return False
 
-        wait_until(http_refused)
+        wait_until(http_refused, "HTTP still accepting connections")
         for data, future in zip(datas, over_grpc, strict=True):
             expected = reference.logits(TINY, reference.preprocess(TINY, data)[None])
             np.testing.assert_allclose(future.result(60), expected, rtol=1e-5, atol=1e-5)
@@ -109,31 +103,70 @@ def test_grpc_port_zero_turns_grpc_off(start_server: Callable[..., ServerProcess
     assert not any("gRPC" in r["message"] for r in server.log_records())
 
 
-def test_worker_processes_share_the_grpc_port_and_their_statistics(
+def established_connections(pid: int, port: int) -> int:
+    """TCP connections to local ``port`` that process ``pid`` holds open (its socket inodes in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            count += local_port == port and state == "01" and inode in inodes  # 01: ESTABLISHED
+    return count
+
+
+def test_worker_processes_share_the_grpc_port_and_count_each_others_requests(
     start_server: Callable[..., ServerProcess], tiny_only_repository: Path, photos: Photos, reference: Reference
 ) -> None:
-    """Each request on a connection of its own: the kernel spreads them over both workers, and the
-    statistics and metrics still count every one."""
+    """gRPC clients reach both workers (each client a connection of its own, pinned to the worker the kernel
+    chose), and either worker's ModelStatistics counts the requests that both served."""
     server = start_server(tiny_only_repository, "--workers", "2")
-    wait_until(lambda: sum(r["message"].startswith("gRPC listening") for r in server.log_records()) == 2)
-    http = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    wait_until(lambda: "serving with 2 worker processes" in server.log(), "the two workers did not both serve")
+    workers = workers_of(server)
+    assert len(workers) == 2
+    data = photos.jpeg["china"]
+    expected = reference.logits(TINY, reference.preprocess(TINY, data)[None])
+    image = triton.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([data], dtype=object))
+    # A subchannel pool of its own: by default gRPC shares one connection among a process's channels.
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
 
-    def stats() -> dict:
-        return http.get_inference_statistics(TINY)["model_stats"][0]
+    def statistics(client: triton.InferenceServerClient) -> service_pb2.ModelStatistics:
+        [stats] = client.get_inference_statistics(TINY).model_stats
+        return stats
 
-    before = stats()
-    datas = [photos.jpeg["china"], photos.jpeg["flower"], photos.encode("china", "PNG", "L")] * 4
-    for data in datas:
-        expected = reference.logits(TINY, reference.preprocess(TINY, data)[None])
-        np.testing.assert_allclose(grpc_classify(server.grpc_url, data), expected, rtol=1e-5, atol=1e-5)
-    for _ in range(4):
-        with server.client() as client:
-            assert classify(datas[0])(client).status_code == 200
-    after = stats()
-    http.close()
-    assert after["inference_stats"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 16
-    assert after["inference_count"] == before["inference_count"] + 16
-    assert server.metric("niff_grpc_requests_total", method="ModelInfer", code="OK") == 12
+    with ExitStack() as stack:
+        client_of: dict[int, triton.InferenceServerClient] = {}  # worker pid -> a client connected to it
+        calls = 0
+        while len(client_of) < 2:
+            assert calls < 32, f"the kernel gave all {calls} connections to one worker"
+            held = {pid: established_connections(pid, server.grpc_port) for pid in workers}
+            client = stack.enter_context(triton.InferenceServerClient(server.grpc_url, channel_args=own_connection))
+            np.testing.assert_allclose(client.infer(TINY, [image]).as_numpy("logits"), expected, rtol=1e-5, atol=1e-5)
+            calls += 1
+            [worker] = [pid for pid in workers if established_connections(pid, server.grpc_port) > held[pid]]
+            client_of.setdefault(worker, client)
+        first, second = (client_of[pid] for pid in workers)
+        for _ in range(3):  # more on one worker than on the other
+            first.infer(TINY, [image])
+        calls += 3
+        with server.client() as http:
+            assert classify(data)(http).status_code == 200
+        from_first, from_second = statistics(first), statistics(second)
+
+    assert from_first == from_second
+    assert from_first.inference_stats.success.count == calls + 1
+    assert from_first.inference_count == calls + 1
+    assert from_first.inference_stats.fail.count == 0
+    assert sum(b.batch_size * b.compute_infer.count for b in from_first.batch_stats) >= calls + 1
+    assert server.metric("niff_grpc_requests_total", method="ModelInfer", code="OK") == calls
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

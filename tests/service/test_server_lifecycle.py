@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from polling import wait_until
 
 from niff_contract import sha256_file
 from niff_serve.cli import main
@@ -22,12 +23,24 @@ from .conftest import MINI, TINY, Photos, Reference, ServerProcess, classify, fr
 def test_sigterm_finishes_in_flight_requests_then_exits(
     tiny_only_repository: Path, tmp_path: Path, photos: Photos, reference: Reference
 ) -> None:
+    """The first SIGTERM starts the not-ready delay (long here, so nothing below races it); a second one
+    ends the delay: the server stops accepting, answers what is in flight, and exits."""
     server = ServerProcess(
         tiny_only_repository,
         tmp_path / "server.log",
         *("--backend", "torchscript", "--max-batch-size", "8", "--max-queue-size", "16"),
-        *("--max-batch-delay-ms", "1500", "--shutdown-delay-s", "2"),
+        *("--max-batch-delay-ms", "1500", "--shutdown-delay-s", "60"),
     )
+
+    def assert_answers(datas: list[bytes], futures: list) -> None:
+        for data, future in zip(datas, futures, strict=True):
+            response = future.result(60)
+            assert response.status_code == 200, response.text
+            top = response.json()["predictions"][0]["top_k"]
+            np.testing.assert_allclose(
+                [c["probability"] for c in top], np.sort(reference.probabilities(TINY, data))[::-1], atol=1e-5
+            )
+
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url) as client:
@@ -37,19 +50,20 @@ def test_sigterm_finishes_in_flight_requests_then_exits(
         server.wait_for_metric("niff_queue_depth", len(datas), model=TINY)
         server.process.send_signal(signal.SIGTERM)
         with httpx.Client(base_url=server.url) as client:
-            ready = client.get("/v2/health/ready")
-            assert ready.status_code == 503 and ready.json()["ready"] is False
+            # The signal reaches the server a moment after it is sent.
+            wait_until(lambda: client.get("/v2/health/ready").status_code == 503, "still ready after SIGTERM")
+            assert client.get("/v2/health/ready").json()["ready"] is False
             assert client.get("/v2/health/live").status_code == 200
-        # Not ready, yet still serving during the shutdown delay: a late request is answered too.
-        datas.append(photos.encode("flower", "PNG"))
-        in_flight += server.in_background([classify(datas[-1])])
-        for data, future in zip(datas, in_flight, strict=True):
-            response = future.result(60)
-            assert response.status_code == 200, response.text
-            top = response.json()["predictions"][0]["top_k"]
-            np.testing.assert_allclose(
-                [c["probability"] for c in top], np.sort(reference.probabilities(TINY, data))[::-1], atol=1e-5
-            )
+            model_ready = client.get(f"/v2/models/{TINY}/ready")
+            assert model_ready.status_code == 503 and model_ready.json() == {"name": TINY, "ready": False}
+        assert_answers(datas, in_flight)
+        # Not ready, yet still serving during the shutdown delay: a late request is answered too, and it
+        # is still in flight (waiting for its batch to fill) when the second SIGTERM ends the delay.
+        late = [photos.encode("flower", "PNG")]
+        late_future = server.in_background([classify(late[0])])
+        server.wait_for_metric("niff_queue_depth", 1, model=TINY)
+        server.process.send_signal(signal.SIGTERM)
+        assert_answers(late, late_future)
         assert server.process.wait(60) == -signal.SIGTERM  # uvicorn re-raises the signal once drained
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/healthz")

@@ -109,7 +109,8 @@ def test_request_id_is_echoed_or_generated(client: httpx.Client, server: ServerP
     too_long = client.get("/healthz", headers={"X-Request-ID": "x" * 500}).headers["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", too_long)
     client.get("/v1/models", headers={"X-Request-ID": "find-me-in-the-log"})
-    [record] = [r for r in server.log_records() if r.get("request_id") == "find-me-in-the-log"]
+    # The access line is written once the response has been sent: wait for it.
+    [record] = server.wait_for_log(lambda r: r.get("request_id") == "find-me-in-the-log")
     assert record["logger"] == "niff_serve.access" and record["status"] == 200 and record["route"] == "/v1/models"
 
 
@@ -123,13 +124,19 @@ def test_docs_render_without_a_cdn(client: httpx.Client) -> None:
 
 
 def test_metrics_describe_traffic(client: httpx.Client, server: ServerProcess, photos: Photos) -> None:
+    classify = {"route": "/v1/models/{name}:classify", "method": "POST", "status": "200"}
+    durations = {"route": "/v1/models/{name}:classify", "method": "POST"}
     before = server.metric("niff_batch_size_count", model=TINY)
+    requests_before = server.metric("niff_http_requests_total", **classify)
+    durations_before = server.metric("niff_http_request_duration_seconds_count", **durations)
     assert client.post(f"/v1/models/{TINY}:classify", content=photos.jpeg["flower"]).status_code == 200
     assert server.metric("niff_batch_size_count", model=TINY) == before + 1
-    classify = {"route": "/v1/models/{name}:classify", "method": "POST", "status": "200"}
-    assert server.metric("niff_http_requests_total", **classify) >= 1
-    assert server.metric("niff_http_request_duration_seconds_count", route="/v1/models/{name}:classify") >= 1
+    # HTTP metrics are counted once the response has been sent: wait for them.
+    server.wait_for_metric("niff_http_requests_total", requests_before + 1, **classify)
+    server.wait_for_metric("niff_http_request_duration_seconds_count", durations_before + 1, **durations)
     assert server.metric("niff_inference_duration_seconds_count", model=TINY) >= 1
     assert server.metric("niff_preprocess_duration_seconds_count", model=TINY) >= 1
     assert server.metric("niff_model_ready", model=MINI) == 1
-    assert "niff_queue_depth{" in httpx.get(f"{server.url}/metrics").text
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "niff_queue_depth{" in text and "niff_http_requests_in_progress 1.0" in text
+    assert "_created" not in text

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from niff_contract import parse_config
 from niff_serve.postprocessing import softmax
 
-from .conftest import MINI, TINY, Photos, Reference, ServerProcess
+from .conftest import DIGIT_LABELS, MINI, TINY, Photos, Reference, ServerProcess, export_test_model
 
 
 @pytest.fixture
@@ -36,6 +38,8 @@ def test_health_and_metadata(tc: triton.InferenceServerClient, server: ServerPro
     assert tc.is_model_ready(TINY, headers=server.headers)
     assert tc.is_model_ready(TINY, "1", headers=server.headers)
     assert not tc.is_model_ready(TINY, "2", headers=server.headers)
+    ready = httpx.get(f"{server.url}/v2/models/{TINY}/ready", headers=server.headers)
+    assert ready.status_code == 200 and ready.json() == {"name": TINY, "ready": True}
     metadata = tc.get_model_metadata(MINI, headers=server.headers)
     assert metadata["name"] == MINI and metadata["versions"] == ["1"] and metadata["platform"] == "onnxruntime_onnx"
     assert {i["name"]: (i["datatype"], i["shape"]) for i in metadata["inputs"]} == {
@@ -138,3 +142,31 @@ def test_non_finite_values_are_a_400(tc: triton.InferenceServerClient, server: S
     with pytest.raises(InferenceServerException, match="NaN or infinite") as error:
         tc.infer(TINY, [tensor], headers=server.headers)
     assert error.value.status() == "400"
+
+
+def test_a_model_version_is_served_where_triton_looks_for_it(
+    start_server: Callable[..., ServerProcess], tmp_path_factory: pytest.TempPathFactory, batch: np.ndarray
+) -> None:
+    """``--model-version 3`` writes NAME/3/ and config.pbtxt serves version 3; the server answers as version 3."""
+    root = tmp_path_factory.mktemp("versioned")
+    folder = export_test_model(root, "versioned", size=32, labels=DIGIT_LABELS, formats=("onnx",), version=3)
+    assert sorted(p.name for p in folder.iterdir()) == ["3", "config.pbtxt", "labels.txt", "niff.json"]
+    manifest = json.loads((folder / "niff.json").read_text())
+    assert manifest["version"] == 3 and manifest["artifacts"]["onnx"]["path"] == "3/model.onnx"
+    assert list(parse_config((folder / "config.pbtxt").read_text()).version_policy.specific.versions) == [3]
+    server = start_server(root)
+    tc = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        assert tc.is_model_ready("versioned", "3") and not tc.is_model_ready("versioned", "1")
+        assert tc.get_model_metadata("versioned")["versions"] == ["3"]
+        tensor = triton.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        result = tc.infer("versioned", [tensor], model_version="3")
+        assert result.get_response()["model_version"] == "3"
+        session = ort.InferenceSession(str(folder / "3" / "model.onnx"), providers=["CPUExecutionProvider"])
+        expected = session.run(["logits"], {"input": batch})[0]
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-5)
+        with pytest.raises(InferenceServerException, match="no version '1'"):
+            tc.infer("versioned", [tensor], model_version="1")
+    finally:
+        tc.close()

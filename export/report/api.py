@@ -1,0 +1,76 @@
+"""``report_model`` / ``report_checkpoint``: measure, draw, then write ``report.json``, the PNGs and ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from niff_export.api import MIN_SIZE, load_model
+from niff_export.errors import ExportError
+from niff_export.kernels import FilterLayer
+from niff_export.report.analysis import KernelReport, analyse_model
+from niff_export.report.figures import figures, require_matplotlib
+from niff_export.report.markdown import render
+
+# Called before each layer is measured: (index, layer).
+LayerProgress = Callable[[int, FilterLayer], None]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    path: Path
+    report: KernelReport
+    files: tuple[Path, ...]
+
+
+def report_model(
+    model: nn.Module,
+    size: int,
+    out_dir: str | os.PathLike[str],
+    name: str | None = None,
+    progress: LayerProgress | None = None,
+) -> ReportResult:
+    """Analyse ``model`` at ``size``×``size`` and write the report into ``out_dir``.
+
+    Everything is computed and drawn before the first file is written, so a failure leaves nothing behind.
+    """
+    if not isinstance(size, int) or size < MIN_SIZE:
+        raise ExportError(f"--size must be an integer of at least {MIN_SIZE}, got {size}")
+    require_matplotlib()
+    report = analyse_model(model, size, name, progress)
+    drawn = figures(report)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        files = [out / "report.json"]
+        files[0].write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        for filename, figure in drawn.items():
+            figure.savefig(out / filename, dpi=150, bbox_inches="tight")
+            files.append(out / filename)
+        files.append(out / "report.md")
+        files[-1].write_text(render(report), encoding="utf-8")
+    except OSError as exc:
+        raise ExportError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
+    return ReportResult(out, report, tuple(files))
+
+
+def report_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    size: int,
+    out_dir: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    ema: bool = False,
+    progress: LayerProgress | None = None,
+) -> ReportResult:
+    """Load a checkpoint (``niff.load_checkpoint`` rules) and report on it."""
+    model = load_model(checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema)
+    name = model.niff_spec.arch or Path(checkpoint).stem
+    return report_model(model, size, out_dir, name, progress)

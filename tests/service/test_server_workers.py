@@ -1,0 +1,68 @@
+"""Several worker processes behind one port: one view of the metrics, every in-flight request answered on
+SIGTERM whichever worker holds it, and a worker that dies taking the server down for the orchestrator."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from polling import wait_until
+
+from .conftest import TINY, Photos, Reference, ServerProcess, classify, workers_of
+
+
+@pytest.fixture
+def pair(tiny_only_repository: Path, tmp_path: Path) -> ServerProcess:
+    server = ServerProcess(
+        tiny_only_repository,
+        tmp_path / "server.log",
+        *("--workers", "2", "--max-batch-size", "8", "--max-queue-size", "16", "--max-batch-delay-ms", "1500"),
+    )
+    server.wait_ready()
+    wait_until(lambda: "serving with 2 worker processes" in server.log(), "the two workers did not both serve")
+    assert len(workers_of(server)) == 2
+    yield server
+    server.stop(signal.SIGKILL)
+    for pid in workers_of(server):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_metrics_are_one_view_and_sigterm_drains_every_worker(
+    pair: ServerProcess, photos: Photos, reference: Reference
+) -> None:
+    datas = [photos.jpeg["china"], photos.jpeg["flower"]] * 4
+    in_flight = pair.in_background([classify(data) for data in datas])
+    # The 1.5 s batching window holds them queued; whichever worker answers the scrape sees all eight.
+    pair.wait_for_metric("niff_queue_depth", len(datas), model=TINY)
+    workers = workers_of(pair)
+    pair.process.send_signal(signal.SIGTERM)
+    for data, future in zip(datas, in_flight, strict=True):
+        response = future.result(60)
+        assert response.status_code == 200, response.text
+        top = response.json()["predictions"][0]["top_k"]
+        np.testing.assert_allclose(
+            [c["probability"] for c in top], np.sort(reference.probabilities(TINY, data))[::-1], atol=1e-5
+        )
+    assert pair.process.wait(60) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_counters_add_up_across_workers(pair: ServerProcess, photos: Photos) -> None:
+    with pair.client() as client:
+        for _ in range(6):
+            assert client.post(f"/v1/models/{TINY}:classify", content=photos.jpeg["flower"]).status_code == 200
+    route = "/v1/models/{name}:classify"
+    counts = {pair.metric("niff_http_requests_total", route=route, status="200") for _ in range(6)}
+    assert counts == {6.0}  # every scrape, answered by either worker, counts the requests of both
+    assert pair.metric("niff_model_ready", model=TINY) == 1
+
+
+def test_a_dying_worker_stops_the_server(pair: ServerProcess) -> None:
+    victim, survivor = workers_of(pair)
+    os.kill(victim, signal.SIGKILL)
+    assert pair.process.wait(60) == 1
+    wait_until(lambda: not Path(f"/proc/{survivor}").exists(), "the other worker outlived the supervisor")
+    assert "exited with -9; stopping the others" in pair.log()

@@ -1,0 +1,177 @@
+"""``niff-report`` as a user runs it (in-process via ``main``): reference checkpoints measured as an independent
+computation measures them, readable figures, and every user mistake as one clear line with nothing written."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from kernel_reference import filter_layer_sizes, impulse_kernels, shares
+from PIL import Image
+from reference_vectors import vectors
+from torch import nn
+
+import niff
+from niff import digits
+from niff.layers import FreqConv1x1
+from niff_export.errors import ExportError
+from niff_export.report import analyse_model, report_model
+from niff_export.report.cli import main
+from niff_export.report.figures import figures
+
+MODELS = [g for g in vectors() if not g.is_layer]
+
+
+def _errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("niff-report: error:")]
+
+
+@pytest.mark.parametrize("golden", MODELS, ids=lambda g: g.meta["arch"])
+def test_reference_checkpoints_match_an_independent_computation(golden, tmp_path, capsys):
+    data = golden.load()
+    checkpoint = tmp_path / f"{golden.meta['arch']}.pt"
+    torch.save(data["state_dict"], checkpoint)
+    assert main([str(checkpoint), "--size", "32", "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["size"] == 32
+
+    model = niff.load_checkpoint(checkpoint)
+    expected = filter_layer_sizes(model, torch.zeros(1, 3, 32, 32))
+    assert [layer["name"] for layer in report["layers"]] == list(expected)
+    for layer in report["layers"]:
+        module, n = expected[layer["name"]]
+        kernels = impulse_kernels(module, n)
+        mass = shares(kernels)
+        assert layer["map_size"] == n and layer["kernels"] == len(kernels)
+        assert layer["kind"] == ("depthwise" if module.__class__.__name__ == "FreqConvDW" else "full")
+        assert np.abs(np.array(layer["mass_ratio"]) - mass.mean(0)).max() <= 1e-4
+        assert np.abs(np.array(layer["mass_ratio_std"]) - mass.std(0)).max() <= 1e-4
+        assert np.abs(np.array(layer["energy_ratio"]) - shares(kernels, 2).mean(0)).max() <= 1e-4
+    assert "measuring" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def digits_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits_report")
+    result = report_model(niff.load_checkpoint(digits.DEFAULT_CHECKPOINT), digits.INPUT_SIZE, out, name="digits")
+    return result
+
+
+def test_report_files(digits_report):
+    names = {path.name for path in digits_report.files}
+    assert names == {
+        "report.json",
+        "report.md",
+        "kernel_mass.png",
+        "spectral_error.png",
+        "kernels.png",
+        "effective_kernels.png",
+    }
+    for path in digits_report.files:
+        if path.suffix == ".png":
+            with Image.open(path) as image:
+                assert image.format == "PNG" and image.width >= 600 and image.height >= 150
+    markdown = (digits_report.path / "report.md").read_text()
+    for name in names - {"report.md", "report.json"}:
+        assert name in markdown
+    for stats in digits_report.report.layers:
+        assert f"`{stats.layer}`" in markdown
+    record = json.loads((digits_report.path / "report.json").read_text())
+    first = record["layers"][0]
+    assert first["name"] == "layer1.0.conv1.0" and first["kernel_sizes"][:3] == [1, 3, 5]
+    assert len(first["mass_ratio"]) == len(first["kernel_sizes"]) == len(first["spectral_error"])
+    assert first["mass_ratio"][-1] == pytest.approx(1.0) and first["spectral_error"][-1] == pytest.approx(0.0)
+
+
+def _texts(figure) -> list[str]:
+    texts = [t.get_text() for t in figure.findobj(lambda o: hasattr(o, "get_text"))]
+    return [t for t in texts if t]
+
+
+def test_figures_carry_titles_axes_and_stage_names(digits_report):
+    report = digits_report.report
+    drawn = figures(report)
+    stage_labels = [stage.label for stage in report.stages]
+    assert stage_labels[0] == "32x32 maps (2 layers, 32 kernels)"
+    for name in ("kernel_mass.png", "spectral_error.png"):
+        texts = _texts(drawn[name])
+        assert any("digits at 32x32" in t for t in texts)
+        for ax in drawn[name].axes:
+            assert ax.get_title() and ax.get_xlabel().startswith("kernel size K") and ax.get_ylabel()
+            assert [t.get_text() for t in ax.get_legend().get_texts()] == stage_labels
+    kernel_rows = [ax.get_ylabel() for ax in drawn["kernels.png"].axes if ax.get_ylabel()]
+    assert [row.split("\n")[0] for row in kernel_rows] == [stage.layers[0].layer for stage in report.stages]
+    (ax,) = drawn["effective_kernels.png"].axes
+    cells = [cell.get_text().get_text() for cell in ax.tables[0].get_celld().values()]
+    assert all(s.layer in cells for s in report.layers) and "K @ 90%" in cells and "effective kernel" in ax.get_title()
+
+
+def test_help():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+
+
+def test_checkpoint_without_niff_layers(tmp_path, capsys):
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    plain(torch.zeros(1, 3, 16, 16))
+    checkpoint = tmp_path / "plain.pt"
+    torch.save(plain.state_dict(), checkpoint)
+    assert main([str(checkpoint), "--size", "32", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert _errors(err) == [
+        f"niff-report: error: {checkpoint} holds no NIFF layers (no frequency-filter weights "
+        "'mlp_real', 'mlp_imag' or 'mlp'): it is not a NIFF checkpoint"
+    ]
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_model_with_only_pointwise_layers(tmp_path):
+    with pytest.raises(ExportError, match="no NIFF filter layers"):
+        report_model(nn.Sequential(nn.Conv2d(3, 4, 1), FreqConv1x1(4, 4)), 16, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--size", "32", "--arch", "resnet34_split"], "does not fit resnet34_split")],
+    ids=["wrong-arch"],
+)
+def test_user_mistakes(args, message, tmp_path, capsys):
+    assert main([str(digits.DEFAULT_CHECKPOINT), *args, "--out", str(tmp_path / "out")]) == 1
+    (error,) = _errors(capsys.readouterr().err)
+    assert message in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_size_below_the_minimum_is_a_usage_error(tmp_path, capsys):
+    """Checked by the same rule as niff-export's --size, before the checkpoint is read."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(digits.DEFAULT_CHECKPOINT), "--size", "4", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "the input size must be an integer of at least 8 pixels, got 4" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    assert main([str(tmp_path / "absent.pt"), "--size", "32", "--out", str(tmp_path / "out")]) == 1
+    assert _errors(capsys.readouterr().err) == [
+        f"niff-report: error: no such checkpoint file: {tmp_path / 'absent.pt'}"
+    ]
+
+
+def test_without_matplotlib(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main([str(digits.DEFAULT_CHECKPOINT), "--size", "32", "--out", str(tmp_path / "out")]) == 1
+    (error,) = _errors(capsys.readouterr().err)
+    assert "pip install 'niff-deploy[report]'" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_analysis_without_writing():
+    report = analyse_model(niff.load_checkpoint(digits.DEFAULT_CHECKPOINT), 32)
+    assert [s.map_size for s in report.layers] == [32, 32, 16, 8, 4]
+    assert report.to_dict()["layers"][2]["effective_kernel"]["0.9"] == report.layers[2].effective_kernel(0.9)
