@@ -20,6 +20,7 @@ from niff_contract import ContractError, describe_errors
 from niff_serve.errors import ServiceError
 from niff_serve.grpc_server import GrpcEndpoint
 from niff_serve.middleware import RequestContextMiddleware
+from niff_serve.openapi import served_openapi
 from niff_serve.routes import docs, health, v1, v2
 from niff_serve.runtime import ServiceState
 from niff_serve.settings import Settings
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     )
     app.state.service = state
     app.state.grpc = grpc
+    app.openapi = served_openapi(app, state)  # type: ignore[method-assign]
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,8 +1,14 @@
-"""One worker process of a multi-process server (started by :mod:`niff_serve.workers`, not by hand)."""
+"""One worker process of a multi-process server (started by :mod:`niff_serve.workers`, not by hand).
+
+``python -m niff_serve.worker LISTENER_FD SUPERVISOR_PID``: serve the inherited listening socket with
+the settings in the environment.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import sys
 
@@ -10,8 +16,20 @@ from niff_serve.cli import load_settings, serve
 from niff_serve.logs import configure_logging
 from niff_serve.workers import READY_FD_ENV
 
+_PR_SET_PDEATHSIG = 1
+
+
+def follow_supervisor(supervisor_pid: int) -> None:
+    """Drain and stop when the supervisor dies: killed outright (SIGKILL, OOM), it forwards no signal,
+    and a worker left behind would keep serving the port on its own."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor_pid:  # it died before the line above took effect
+        raise SystemExit(1)
+
 
 def main() -> None:
+    follow_supervisor(int(sys.argv[2]))
     listener = socket.socket(fileno=int(sys.argv[1]))
     ready_fd = os.environ.pop(READY_FD_ENV, None)
     settings = load_settings([])

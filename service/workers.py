@@ -80,7 +80,7 @@ def supervise(settings: Settings, workers: int) -> int:
     listener = socket.create_server((settings.host, settings.port), backlog=_BACKLOG)
     metrics_dir = tempfile.mkdtemp(prefix="niff-metrics-")
     env = worker_environment(settings, workers, metrics_dir)
-    command = [sys.executable, "-m", "niff_serve.worker", str(listener.fileno())]
+    command = [sys.executable, "-m", "niff_serve.worker", str(listener.fileno()), str(os.getpid())]
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 

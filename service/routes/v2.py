@@ -19,6 +19,7 @@ from niff_serve.disconnect import cancel_on_disconnect
 from niff_serve.protocol_v2 import (
     EXTENSIONS,
     HEADER_LENGTH,
+    InferRequest,
     ModelMetadata,
     ModelReady,
     ServerMetadata,
@@ -35,6 +36,22 @@ router = APIRouter(prefix="/v2", tags=["KServe v2"], dependencies=[Depends(requi
 # Inference checks the API key itself: no dependency injection on the hot path.
 hot_router = APIRouter(prefix="/v2", tags=["KServe v2"], responses=ERROR_RESPONSES)
 
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` substituted: inside an operation, ``#/$defs`` would point
+    at the OpenAPI document's root."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {key: resolve(value) for key, value in node.items()}
+        return [resolve(value) for value in node] if isinstance(node, list) else node
+
+    return resolve(schema)
+
+
 _INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -43,7 +60,7 @@ _INFER_BODY = {
             f"`{HEADER_LENGTH}` bytes followed by the raw tensors."
         ),
         "content": {
-            "application/json": {"schema": {"type": "object"}},
+            "application/json": {"schema": _inlined(InferRequest.model_json_schema())},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
     }

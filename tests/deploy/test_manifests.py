@@ -224,10 +224,11 @@ def test_resources_are_bounded_and_threads_fit_the_cpu_limit(variant: str, monke
     serving = one(variant_docs(variant), "Deployment").body["spec"]["template"]["spec"]["containers"][0]
     limit = cpu_cores(serving["resources"]["limits"]["cpu"])
     env = env_literals(serving)
-    # The defaults read the node's core count, not the pod's limit: set both, within the limit.
-    for name in ("preprocess_workers", "backend_threads"):
-        value = int(env[f"{prefix}{name.upper()}"])
-        assert 1 <= value <= limit, f"{name}={value} threads with a CPU limit of {limit}"
+    # Every worker process runs its own inference threads: together they fit the limit.
+    workers, threads = (int(env[f"{prefix}{name}"]) for name in ("WORKERS", "BACKEND_THREADS"))
+    assert 1 <= workers * threads <= limit, f"{workers} workers x {threads} threads with a CPU limit of {limit}"
+    preprocess = int(env[f"{prefix}PREPROCESS_WORKERS"])
+    assert 1 <= preprocess <= limit, f"{preprocess} preprocessing threads with a CPU limit of {limit}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+
+from niff_contract import read_model_folder
 
 from .conftest import DIGIT_LABELS, MINI, TINY, Photos, Reference, ServerProcess
 
@@ -121,6 +125,25 @@ def test_docs_render_without_a_cdn(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/v1/models/{name}:classify", "/v2/models/{name}/infer", "/metrics"} <= set(spec["paths"])
     assert client.get("/redoc").status_code == 404
+
+
+def test_openapi_describes_the_running_server(
+    client: httpx.Client, slow_server: ServerProcess, repository: Path
+) -> None:
+    """The document a generated client or a fuzzer reads: security only where a key is set, top_k bounded
+    by the served models' classes, an inference body that needs its inputs."""
+    keyed = client.get("/openapi.json").json()
+    with slow_server.client() as open_client:
+        keyless = open_client.get("/openapi.json").json()
+    classify = "/v1/models/{name}:classify"
+    assert keyed["paths"][classify]["post"]["security"] == [{"HTTPBearer": []}]
+    assert "securitySchemes" in keyed["components"]
+    assert all("security" not in op for item in keyless["paths"].values() for op in item.values())
+    assert "securitySchemes" not in keyless.get("components", {})
+    [top_k] = [p for p in keyed["paths"][classify]["post"]["parameters"] if p["name"] == "top_k"]
+    assert top_k["schema"]["maximum"] == max(read_model_folder(repository / m).num_classes for m in (TINY, MINI))
+    body = keyed["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["inputs"] and "$ref" not in json.dumps(body)
 
 
 def test_metrics_describe_traffic(client: httpx.Client, server: ServerProcess, photos: Photos) -> None:

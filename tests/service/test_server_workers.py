@@ -3,6 +3,7 @@ SIGTERM whichever worker holds it, and a worker that dies taking the server down
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -14,6 +15,14 @@ from polling import wait_until
 from .conftest import TINY, Photos, Reference, ServerProcess, classify, workers_of
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (an exited one may linger as a zombie until reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.fixture
 def pair(tiny_only_repository: Path, tmp_path: Path) -> ServerProcess:
     server = ServerProcess(
@@ -23,11 +32,13 @@ def pair(tiny_only_repository: Path, tmp_path: Path) -> ServerProcess:
     )
     server.wait_ready()
     wait_until(lambda: "serving with 2 worker processes" in server.log(), "the two workers did not both serve")
-    assert len(workers_of(server)) == 2
+    workers = workers_of(server)
+    assert len(workers) == 2
     yield server
     server.stop(signal.SIGKILL)
-    for pid in workers_of(server):
-        os.kill(pid, signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_metrics_are_one_view_and_sigterm_drains_every_worker(
@@ -66,3 +77,12 @@ def test_a_dying_worker_stops_the_server(pair: ServerProcess) -> None:
     assert pair.process.wait(60) == 1
     wait_until(lambda: not Path(f"/proc/{survivor}").exists(), "the other worker outlived the supervisor")
     assert "exited with -9; stopping the others" in pair.log()
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(pair: ServerProcess) -> None:
+    """SIGKILL (or the OOM killer) gives the supervisor no chance to forward anything."""
+    workers = workers_of(pair)
+    pair.process.kill()
+    pair.process.wait(60)
+    for pid in workers:
+        wait_until(lambda pid=pid: not running(pid), f"worker {pid} outlived its supervisor")
