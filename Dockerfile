@@ -142,9 +142,11 @@ FROM runtime AS server
 ENV NIFF_MODEL_REPOSITORY=/models \
     NIFF_HOST=0.0.0.0 \
     NIFF_PORT=8000 \
+    NIFF_GRPC_PORT=8001 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-EXPOSE 8000
+# HTTP (REST, KServe v2, probes, metrics) and gRPC (KServe v2).
+EXPOSE 8000 8001
 
 # Healthy = ready: the models are loaded and warmed up (which can take minutes for large models,
 # hence the start period). Uses the venv's Python, so the image needs no curl.

@@ -22,6 +22,7 @@ NAME ?= $(if $(filter $(DEFAULT_CHECKPOINT),$(CHECKPOINT)),digits,$(basename $(n
 MODELS ?= models
 HOST ?= 127.0.0.1
 PORT ?= 8000
+GRPC_PORT ?= 8001
 EXAMPLE ?= examples/digits/digit-7.png
 EXPORT_ARGS = $(CHECKPOINT) --size $(SIZE) --out $(MODELS) --name $(NAME) $(if $(ARCH),--arch $(ARCH))
 EXPORT_STAMP = $(MODELS)/.$(NAME).export
@@ -51,10 +52,10 @@ export: install
 	fi
 
 serve: export
-	@echo "Starting niff-serve on http://$(HOST):$(PORT) with the model repository $(MODELS)/ (Ctrl-C stops it)."
+	@echo "Starting niff-serve on http://$(HOST):$(PORT) (gRPC on $(HOST):$(GRPC_PORT)) with the model repository $(MODELS)/ (Ctrl-C stops it)."
 	@echo "Once it reports ready, try:"
 	@echo "  curl -s --data-binary @$(EXAMPLE) http://$(HOST):$(PORT)/v1/models/$(NAME):classify"
-	$(VENV)/bin/niff-serve --model-repository $(MODELS) --host $(HOST) --port $(PORT)
+	$(VENV)/bin/niff-serve --model-repository $(MODELS) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -7,24 +7,37 @@ throughput (images/s), p50/p99 latency of successful requests, mean batch size (
 throughput: the same backend, loaded in this process before the server starts, running full batches of
 preprocessed tensors with nothing else on the machine. Then the server's CPU time per request, from
 /proc for the server and its worker processes, split by stage with the server's ``niff_cpu_seconds``
-counters; "other" is what no stage counts (HTTP parsing, routing, body reading, logging, metrics).
+counters; "other" is what no stage counts (HTTP or gRPC framing, routing, body reading, logging, metrics).
 
     python benchmarks/service_load.py --model-repository models --model resnet50_split \\
         --concurrency 1,8,32,64 --requests 400 --duration 60
 
 Modes: ``classify`` posts JPEG photos to ``/v1/models/{name}:classify`` (decode and preprocessing
 included, the real use); ``v2`` posts preprocessed FP32 tensors with the binary extension to
-``/v2/models/{name}/infer`` (service overhead without image decoding).
+``/v2/models/{name}/infer`` (service overhead without image decoding); ``grpc`` sends the same tensors
+as KServe v2 ``ModelInfer`` calls in ``raw_input_contents`` to the gRPC port. Every client sends request
+bytes built once and reads the answer's bytes without decoding them, so the client side costs the same
+little for every protocol.
+
+Several modes (``--mode v2,grpc``) and request sizes (``--images-per-request 1,16``) run against the one
+server, interleaved: each of ``--rounds`` rounds runs every (size, clients, mode) cell once, the mode
+order rotating from round to round. Each cell reports the median over rounds, and a second table the
+median over rounds of each mode's throughput relative to the first mode's in the same round.
+
+    python benchmarks/service_load.py --model-repository models --model digits --mode v2,grpc \\
+        --images-per-request 1,16 --concurrency 1,16,64 --rounds 5 --requests 400 --duration 20
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,12 +47,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2
 
 from niff_contract import read_model_folder
 from niff_serve.backends import load_backend
 from niff_serve.settings import Settings
+
+MODES = ("classify", "v2", "grpc")
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 @dataclass
@@ -57,21 +75,17 @@ class LevelResult:
     def throughput(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        return float(np.percentile(self.latencies, q)) * 1000
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-repository", type=Path, required=True)
     parser.add_argument("--model", required=True, help="Model folder name to load.")
-    parser.add_argument("--mode", choices=("classify", "v2"), default="classify")
+    parser.add_argument("--mode", default="classify", help=f"Comma-separated, of {', '.join(MODES)}.")
     parser.add_argument("--concurrency", default="1,4,16,32", help="Comma-separated client counts.")
     parser.add_argument("--requests", type=int, default=300, help="Requests per level (after warm-up).")
     parser.add_argument("--duration", type=float, default=60.0, help="Most seconds per level.")
-    parser.add_argument("--images-per-request", type=int, default=1)
+    parser.add_argument("--images-per-request", default="1", help="Comma-separated image counts per request.")
+    parser.add_argument("--rounds", type=int, default=1, help="Times every cell runs, interleaved.")
     parser.add_argument(
         "--image",
         type=Path,
@@ -94,10 +108,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--honor-retry-after",
         action="store_true",
-        help="Clients wait as a 503's Retry-After says before their next request (as well-behaved clients do); "
-        "without it a rejected client retries at once.",
+        help="Clients wait as a refusal's Retry-After says (HTTP 503, gRPC UNAVAILABLE) before their next request "
+        "(as well-behaved clients do); without it a rejected client retries at once.",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.modes = args.mode.split(",")
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+    args.sizes = [int(n) for n in args.images_per_request.split(",")]
+    return args
 
 
 def raw_backend_throughput(args: argparse.Namespace) -> tuple[float, str]:
@@ -131,13 +151,14 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m niff_serve`` on 127.0.0.1 with a free port; its JSON log goes to a temporary file."""
+    """``python -m niff_serve`` on 127.0.0.1 with free HTTP and gRPC ports; its JSON log goes to a temporary file."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="niff-serve-", suffix=".log", delete=False)  # noqa: SIM115
         command = [sys.executable, "-m", "niff_serve", "--model-repository", str(args.model_repository)]
-        command += ["--port", str(self.port), "--backend", args.backend, "--device", args.device]
+        command += ["--port", str(self.port), "--grpc-port", str(self.grpc_port)]
+        command += ["--backend", args.backend, "--device", args.device]
         command += ["--max-batch-size", str(args.max_batch_size), "--backend-threads", str(args.backend_threads)]
         command += ["--log-level", "warning", *args.server_arg]
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIFF_")}
@@ -208,17 +229,60 @@ class Server:
         self.log.close()
 
 
-def request_bodies(args: argparse.Namespace) -> list[tuple[str, bytes, dict[str, str]]]:
-    """(path, body, headers) per distinct request; clients cycle through them."""
-    n = args.images_per_request
-    if args.mode == "classify":
+class HttpClient:
+    """One keep-alive connection; ``send`` answers (status, Retry-After seconds or None)."""
+
+    def __init__(self, server: Server, timeout: float) -> None:
+        self._connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+
+    def send(self, request: object) -> tuple[str, float | None]:
+        path, body, headers = request  # type: ignore[misc]
+        try:
+            self._connection.request("POST", path, body=body, headers=headers)
+            response = self._connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._connection.close()
+            return type(exc).__name__, None
+        if response.getheader("Connection", "").lower() == "close":
+            self._connection.close()
+        retry_after = response.getheader("Retry-After")
+        return str(response.status), float(retry_after) if retry_after else None
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class GrpcClient:
+    """A channel of its own (one HTTP/2 connection) sending serialized ``ModelInferRequest`` bytes."""
+
+    def __init__(self, server: Server, timeout: float) -> None:
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        self._call = self._channel.unary_unary(MODEL_INFER)  # no (de)serializers: bytes in, bytes out
+        self._timeout = timeout
+
+    def send(self, request: object) -> tuple[str, float | None]:
+        try:
+            self._call(request, timeout=self._timeout)
+        except grpc.RpcError as error:
+            retry_after = dict(error.trailing_metadata() or ()).get("retry-after")  # type: ignore[attr-defined]
+            return error.code().name, float(retry_after) if retry_after else None  # type: ignore[attr-defined]
+        return "OK", None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def requests_for(args: argparse.Namespace, mode: str, images: int) -> list[object]:
+    """The distinct requests of one cell; clients cycle through them."""
+    if mode == "classify":
         from sklearn.datasets import load_sample_images
 
         photos = [path.read_bytes() for path in args.image] or [
             Path(f).read_bytes() for f in load_sample_images().filenames
         ]
         path = f"/v1/models/{args.model}:classify?top_k=5"
-        if n == 1:
+        if images == 1:
             return [(path, photo, {"Content-Type": "application/octet-stream"}) for photo in photos]
         boundary = "niffbenchmark"
         parts = b"".join(
@@ -226,12 +290,20 @@ def request_bodies(args: argparse.Namespace) -> list[tuple[str, bytes, dict[str,
             f"Content-Type: image/jpeg\r\n\r\n".encode()
             + photos[i % len(photos)]
             + b"\r\n"
-            for i in range(n)
+            for i in range(images)
         )
         body = parts + f"--{boundary}--\r\n".encode()
         return [(path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})]
     shape = read_model_folder(args.model_repository / args.model).manifest.input.shape
-    tensor = np.random.default_rng(1).standard_normal((n, *shape), dtype=np.float32)
+    tensor = np.random.default_rng(1).standard_normal((images, *shape), dtype=np.float32)
+    if mode == "grpc":
+        request = service_pb2.ModelInferRequest(
+            model_name=args.model,
+            inputs=[service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=tensor.shape)],
+            outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name="logits")],
+            raw_input_contents=[tensor.tobytes()],
+        )
+        return [request.SerializeToString()]
     header = json.dumps(
         {
             "inputs": [
@@ -249,8 +321,10 @@ def request_bodies(args: argparse.Namespace) -> list[tuple[str, bytes, dict[str,
     return [(f"/v2/models/{args.model}/infer", header + tensor.tobytes(), headers)]
 
 
-def run_level(server: Server, args: argparse.Namespace, concurrency: int, bodies: list) -> LevelResult:
-    """Closed loop: ``concurrency`` clients, each on its own keep-alive connection, until the bounds."""
+def run_level(
+    server: Server, args: argparse.Namespace, mode: str, images: int, concurrency: int, requests: list[object]
+) -> LevelResult:
+    """Closed loop: ``concurrency`` clients, each on its own connection, until the bounds."""
     result = LevelResult(concurrency)
     lock = threading.Lock()
     warmup = concurrency * 2
@@ -258,9 +332,10 @@ def run_level(server: Server, args: argparse.Namespace, concurrency: int, bodies
     stop_at = time.monotonic() + args.duration
     measuring = threading.Event()
     started: list[float] = []
+    ok = "OK" if mode == "grpc" else "200"
 
     def client(worker: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=args.request_timeout)
+        connection = (GrpcClient if mode == "grpc" else HttpClient)(server, args.request_timeout)
         i = worker
         while time.monotonic() < stop_at:
             with lock:
@@ -271,37 +346,26 @@ def run_level(server: Server, args: argparse.Namespace, concurrency: int, bodies
                 if counted and not measuring.is_set():
                     started.append(time.perf_counter())
                     measuring.set()
-            path, body, headers = bodies[i % len(bodies)]
+            request = requests[i % len(requests)]
             i += 1
             t0 = time.perf_counter()
-            retry_after = None
-            try:
-                connection.request("POST", path, body=body, headers=headers)
-                response = connection.getresponse()
-                response.read()
-                status = str(response.status)
-                retry_after = response.getheader("Retry-After")
-                if response.getheader("Connection", "").lower() == "close":
-                    connection.close()
-            except (OSError, http.client.HTTPException) as exc:
-                status = type(exc).__name__
-                connection.close()
+            status, retry_after = connection.send(request)
             elapsed = time.perf_counter() - t0
-            if args.honor_retry_after and status == "503" and retry_after:
-                time.sleep(float(retry_after))
+            if args.honor_retry_after and status != ok and retry_after:
+                time.sleep(retry_after)
             if counted:
                 with lock:
                     result.statuses[status] += 1
-                    if status == "200":
+                    if status == ok:
                         result.latencies.append(elapsed)
-                        result.images += args.images_per_request
+                        result.images += images
         connection.close()
 
     before = server.batch_histogram(args.model)
     threads = [threading.Thread(target=client, args=(w,)) for w in range(concurrency)]
     for thread in threads:
         thread.start()
-    measuring.wait()
+    measuring.wait(args.duration)
     cpu_before, stages_before = server.cpu_seconds(), server.stage_cpu(args.model)
     for thread in threads:
         thread.join()
@@ -315,18 +379,30 @@ def run_level(server: Server, args: argparse.Namespace, concurrency: int, bodies
     return result
 
 
-def print_cpu_table(results: list[LevelResult]) -> None:
+def percentile(results: list[LevelResult], q: float) -> float:
+    latencies = [t for r in results for t in r.latencies]
+    return float(np.percentile(latencies, q)) * 1000 if latencies else float("nan")
+
+
+def cpu_per_request(level: LevelResult) -> tuple[float, dict[str, float]]:
     """Server CPU milliseconds per request, in total and by stage."""
-    stages = sorted({stage for level in results for stage in level.stage_cpu_s})
-    print("\nServer CPU per request (ms):\n")
-    print("| clients | total | " + " | ".join(stages) + " | other |")
-    print("|---:|---:|" + "---:|" * (len(stages) + 1))
-    for level in results:
-        requests = sum(level.statuses.values()) or 1
-        per = {stage: 1000 * level.stage_cpu_s.get(stage, 0.0) / requests for stage in stages}
-        total = 1000 * level.cpu_s / requests
-        cells = " | ".join(f"{per[stage]:.3f}" for stage in stages)
-        print(f"| {level.concurrency} | {total:.3f} | {cells} | {total - sum(per.values()):.3f} |", flush=True)
+    requests = sum(level.statuses.values()) or 1
+    return 1000 * level.cpu_s / requests, {k: 1000 * v / requests for k, v in level.stage_cpu_s.items()}
+
+
+def print_cpu_table(cells: list[tuple[int, int]], modes: list[str], results: dict) -> None:
+    """Median over rounds of the server's CPU per request, in total and by stage."""
+    stages = sorted({stage for runs in results.values() for level in runs for stage in level.stage_cpu_s})
+    print("\nServer CPU per request (ms, median over rounds):\n")
+    print("| mode | img/request | clients | total | " + " | ".join(stages) + " | other |")
+    print("|---|---:|---:|---:|" + "---:|" * (len(stages) + 1))
+    for (images, clients), mode in itertools.product(cells, modes):
+        per_round = [cpu_per_request(level) for level in results[mode, images, clients]]
+        total = statistics.median(t for t, _ in per_round)
+        per = {stage: statistics.median(s.get(stage, 0.0) for _, s in per_round) for stage in stages}
+        other = statistics.median(t - sum(s.values()) for t, s in per_round)
+        cells_text = " | ".join(f"{per[stage]:.3f}" for stage in stages)
+        print(f"| {mode} | {images} | {clients} | {total:.3f} | {cells_text} | {other:.3f} |")
 
 
 def main() -> None:
@@ -334,29 +410,52 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     raw, raw_description = raw_backend_throughput(args)
     print(f"raw backend: {raw:.1f} img/s ({raw_description}, {os.cpu_count()} CPUs)", flush=True)
-    bodies = request_bodies(args)
+    requests = {(mode, n): requests_for(args, mode, n) for mode in args.modes for n in args.sizes}
     server = Server(args)
+    cells = list(itertools.product(args.sizes, levels))
+    results: dict[tuple[str, int, int], list[LevelResult]] = {}
+    started = time.monotonic()
     try:
         print(
-            f"\nmode {args.mode}, {args.images_per_request} image(s)/request, {args.requests} requests or "
-            f"{args.duration:g} s per level, server options: {' '.join(args.server_arg) or 'defaults'}\n"
+            f"\nmodes {', '.join(args.modes)}; {args.rounds} round(s); {args.requests} requests or {args.duration:g} s "
+            f"per cell; server options: {' '.join(args.server_arg) or 'defaults'}\n",
+            flush=True,
         )
-        print("| clients | img/s | p50 ms | p99 ms | mean batch | vs raw | answers |")
-        print("|---:|---:|---:|---:|---:|---:|---|")
-        results = []
-        for concurrency in levels:
-            level = run_level(server, args, concurrency, bodies)
-            results.append(level)
-            answers = ", ".join(f"{status}: {count}" for status, count in sorted(level.statuses.items()))
-            print(
-                f"| {concurrency} | {level.throughput:.1f} | {level.percentile(50):.1f} | {level.percentile(99):.1f} "
-                f"| {level.mean_batch:.2f} | {level.throughput / raw:.0%} | {answers} |",
-                flush=True,
-            )
-        print_cpu_table(results)
+        for round_index in range(args.rounds):
+            shift = round_index % len(args.modes)
+            order = args.modes[shift:] + args.modes[:shift]
+            for (images, clients), mode in itertools.product(cells, order):
+                level = run_level(server, args, mode, images, clients, requests[mode, images])
+                results.setdefault((mode, images, clients), []).append(level)
+            print(f"round {round_index + 1}/{args.rounds} done after {time.monotonic() - started:.0f} s", flush=True)
     finally:
         server.stop()
-    print(f"\nserver log: {server.log.name}")
+    print("\n| mode | img/request | clients | img/s | p50 ms | p99 ms | mean batch | vs raw | answers |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for (images, clients), mode in itertools.product(cells, args.modes):
+        runs = results[mode, images, clients]
+        throughput = statistics.median(r.throughput for r in runs)
+        answers = sum((r.statuses for r in runs), Counter())
+        batch = statistics.median(r.mean_batch for r in runs)
+        print(
+            f"| {mode} | {images} | {clients} | {throughput:.1f} | {percentile(runs, 50):.1f} | "
+            f"{percentile(runs, 99):.1f} | {batch:.2f} | {throughput / raw:.0%} "
+            f"| {', '.join(f'{status}: {count}' for status, count in sorted(answers.items()))} |"
+        )
+    if len(args.modes) > 1:
+        base = args.modes[0]
+        print(f"\nThroughput relative to {base}, median of the rounds' ratios (each round's ratios in brackets):\n")
+        print(f"| img/request | clients | {' | '.join(f'{mode} / {base}' for mode in args.modes[1:])} |")
+        print(f"|---:|---:|{'---:|' * (len(args.modes) - 1)}")
+        for images, clients in cells:
+            ratios = []
+            for mode in args.modes[1:]:
+                pairs = zip(results[mode, images, clients], results[base, images, clients], strict=True)
+                each = [r.throughput / b.throughput if b.throughput else float("nan") for r, b in pairs]
+                ratios.append(f"{statistics.median(each):.2f} ({', '.join(f'{x:.2f}' for x in each)})")
+            print(f"| {images} | {clients} | {' | '.join(ratios)} |")
+    print_cpu_table(cells, args.modes, results)
+    print(f"\n{time.monotonic() - started:.0f} s of load; server log: {server.log.name}")
 
 
 if __name__ == "__main__":

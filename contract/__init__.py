@@ -43,6 +43,7 @@ from niff_contract.triton_config import (
     ModelConfig,
     config_json,
     config_text,
+    message_json,
     model_config,
     parse_config,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "describe_errors",
     "inside",
     "labels_text",
+    "message_json",
     "model_config",
     "parse_config",
     "parse_labels",

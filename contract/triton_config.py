@@ -55,7 +55,15 @@ def parse_config(text: str) -> ModelConfig:
 
 def config_json(config: ModelConfig) -> dict[str, Any]:
     """The configuration as Triton's HTTP API shows it (proto field names, 64-bit numbers as numbers)."""
-    return _int64_as_numbers(config, json_format.MessageToDict(config, preserving_proto_field_name=True))
+    return message_json(config)
+
+
+def message_json(message: Message, *, with_defaults: bool = False) -> dict[str, Any]:
+    """Any of Triton's protobuf messages as its HTTP API shows them; ``with_defaults`` keeps zero fields."""
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=with_defaults
+    )
+    return _int64_as_numbers(message, data)
 
 
 _INT64 = frozenset(
@@ -71,9 +79,10 @@ _INT64 = frozenset(
 
 def _int64_as_numbers(message: Message, data: dict[str, Any]) -> dict[str, Any]:
     """protobuf's JSON mapping writes 64-bit integers as strings; Triton's own JSON writes numbers."""
-    for field, value in message.ListFields():
+    for field in message.DESCRIPTOR.fields:
         if field.name not in data:
             continue
+        value = getattr(message, field.name)
         repeated = isinstance(data[field.name], list)
         if field.type in _INT64:
             data[field.name] = [int(v) for v in data[field.name]] if repeated else int(data[field.name])

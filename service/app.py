@@ -1,7 +1,8 @@
 """The FastAPI application: routes, error handling, and the lifespan that loads the models.
 
 Constructing the app is cheap and loads nothing; models load and warm up in the lifespan startup,
-and the server reports ready only after that.
+and the server reports ready only after that. The gRPC endpoint starts after the models, in the
+same event loop, and stops before them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from niff_contract import ContractError, describe_errors
 from niff_serve.errors import ServiceError
+from niff_serve.grpc_server import GrpcEndpoint
 from niff_serve.middleware import RequestContextMiddleware
 from niff_serve.openapi import served_openapi
 from niff_serve.routes import docs, health, v1, v2
@@ -29,7 +31,8 @@ logger = logging.getLogger(__name__)
 _DESCRIPTION = """Image classification with exported NIFF models.
 
 * `POST /v1/models/{name}:classify`: images in, top-k classes out.
-* KServe v2 / Open Inference Protocol under `/v2` (works with `tritonclient.http`).
+* KServe v2 / Open Inference Protocol under `/v2` (works with `tritonclient.http`), with Triton's
+  model configuration, statistics and repository index; the same protocol over gRPC on its own port.
 * Probes: `/v2/health/live`, `/v2/health/ready`, `/healthz`, `/readyz`; Prometheus: `/metrics`.
 
 Errors answer `{"error": "..."}` with a 4xx/5xx status. When the server has an API key, model endpoints
@@ -37,19 +40,29 @@ need `Authorization: Bearer <key>`.
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The service app for ``settings``; the models load when the app starts, not here."""
+def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
+    """The service app for ``settings``; the models load when the app starts, not here.
+
+    ``worker``: one of several processes serving the same ports.
+    """
     state = ServiceState(settings)
+    grpc = GrpcEndpoint(state, shared_port=worker)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             await state.start()
+            try:
+                await grpc.start()
+            except BaseException:
+                await state.stop()
+                raise
         except Exception as exc:
             state.startup_error = str(exc) if isinstance(exc, ContractError) else f"{type(exc).__name__}: {exc}"
             logger.error("start-up failed: %s", state.startup_error)
             raise
         yield
+        await grpc.stop()
         await state.stop()
 
     app = FastAPI(
@@ -61,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = state
+    app.state.grpc = grpc
     app.openapi = served_openapi(app, state)  # type: ignore[method-assign]
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     app.add_exception_handler(ServiceError, _service_error)

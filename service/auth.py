@@ -1,4 +1,7 @@
-"""Optional bearer-token auth for model endpoints; health and metrics stay open for probes and scrapers."""
+"""Optional bearer-token auth for model endpoints; health and metrics stay open for probes and scrapers.
+
+One check for both transports: HTTP's ``Authorization`` header and gRPC's ``authorization`` metadata.
+"""
 
 from __future__ import annotations
 

@@ -5,11 +5,13 @@ A batch leaves when it holds ``max_batch_size`` images or when its oldest reques
 reserves room for its images before preprocessing, so an overloaded model answers 503 at once
 instead of queueing work it cannot finish. Requests that time out or are cancelled (their client
 disconnected) leave the queue; if their batch is already running, its result for them is discarded.
+Each successful batch is recorded in the model's statistics (:mod:`niff_serve.statistics`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -28,12 +30,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchResult:
-    """One request's share of a batch."""
+    """One request's share of a batch, and the times of that batch's stages."""
 
     logits: np.ndarray
     queue_s: float
     inference_s: float
     batch_size: int
+    input_s: float
+    output_s: float
 
 
 class _Pending:
@@ -197,10 +201,11 @@ class DynamicBatcher:
         return batch
 
     async def _run(self, batch: list[_Pending]) -> None:
+        assembling = time.monotonic()
+        for pending in batch:
+            self._metrics.queue_wait_seconds.observe(assembling - pending.enqueued_at)
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
         started = time.monotonic()
-        for pending in batch:
-            self._metrics.queue_wait_seconds.observe(started - pending.enqueued_at)
         try:
             logits = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_backend, inputs)
             if logits.shape[0] != inputs.shape[0]:
@@ -212,14 +217,15 @@ class DynamicBatcher:
                 if not pending.future.done():
                     pending.future.set_exception(InferenceFailed(f"inference failed: {exc}"))
             return
-        elapsed = time.monotonic() - started
+        splitting = time.monotonic()
+        elapsed = splitting - started
         self._metrics.batch_size.observe(len(inputs))
         self._metrics.inference_seconds.observe(elapsed)
-        offset = 0
-        for pending in batch:
+        offsets = np.cumsum([0] + [p.rows for p in batch])
+        shares = [logits[start:end] for start, end in itertools.pairwise(offsets)]
+        input_s, output_s = started - assembling, time.monotonic() - splitting
+        self._metrics.statistics.record_execution(len(inputs), input_s, elapsed, output_s)
+        for pending, share in zip(batch, shares, strict=True):
             if not pending.future.done():
-                result = BatchResult(
-                    logits[offset : offset + pending.rows], started - pending.enqueued_at, elapsed, len(inputs)
-                )
-                pending.future.set_result(result)
-            offset += pending.rows
+                queue_s = assembling - pending.enqueued_at
+                pending.future.set_result(BatchResult(share, queue_s, elapsed, len(inputs), input_s, output_s))

@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
 from typing import Literal, NoReturn, get_args, get_origin
 
@@ -26,6 +26,8 @@ from niff_contract import ContractError, describe_errors, scan_repository
 from niff_serve.app import create_app
 from niff_serve.backends import choose_backend
 from niff_serve.connections import ConnectionLimits, limited_protocol, raise_open_file_limit
+from niff_serve.errors import ConfigurationError
+from niff_serve.grpc_server import check_grpc_port
 from niff_serve.logs import configure_logging
 from niff_serve.runtime import ServiceState
 from niff_serve.settings import Settings, env_name
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     """One option per setting, its help text taken from the setting's description."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Serve every model folder of a model repository over HTTP (REST classify and KServe v2).",
+        description="Serve every model folder of a model repository over HTTP (REST classify and KServe v2) "
+        "and gRPC (KServe v2).",
         epilog="Every option can also be set by its environment variable; the command line wins.",
     )
     for name, field in Settings.model_fields.items():
@@ -88,16 +91,23 @@ class DrainingServer(uvicorn.Server):
 
     On SIGTERM readiness turns false at once and the server keeps serving for ``delay_s`` (so load
     balancers stop routing to it); then it stops accepting connections and finishes the requests in
-    flight. A second signal skips the rest of the delay. ``ready_fd``, when given, gets one byte once
+    flight. A second signal skips the rest of the delay. ``drain_also`` begins the drain of the
+    other listener (gRPC) at the same moment as HTTP's. ``ready_fd``, when given, gets one byte once
     the server accepts connections (how a worker tells its supervisor that its models loaded).
     """
 
     def __init__(
-        self, config: uvicorn.Config, state: ServiceState, delay_s: float, ready_fd: int | None = None
+        self,
+        config: uvicorn.Config,
+        state: ServiceState,
+        delay_s: float,
+        drain_also: Callable[[], Awaitable[None]],
+        ready_fd: int | None = None,
     ) -> None:
         super().__init__(config)
         self._state = state
         self._delay_s = delay_s
+        self._drain_also = drain_also
         self._ready_fd = ready_fd
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -107,6 +117,11 @@ class DrainingServer(uvicorn.Server):
                 os.write(self._ready_fd, b"1")
             os.close(self._ready_fd)
             self._ready_fd = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        draining = self._drain_also()  # begins now; the app's lifespan waits for it before stopping the models
+        await super().shutdown(sockets)
+        await draining
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         stop = super().handle_exit
@@ -137,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if workers == 1:
         serve(settings)
         return
+    if settings.grpc_port:
+        try:
+            check_grpc_port(settings)  # the workers share it, each with SO_REUSEPORT
+        except ConfigurationError as exc:
+            fail(f"start-up failed: {exc}", status=1)
     status = supervise(settings, workers)
     if status:
         raise SystemExit(status)
@@ -144,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def serve(settings: Settings, sockets: list[socket.socket] | None = None, ready_fd: int | None = None) -> None:
     """Serve in this process, on ``sockets`` when given (a worker), else on the configured address."""
-    app = create_app(settings)
+    app = create_app(settings, worker=sockets is not None)
     state: ServiceState = app.state.service
     limits = ConnectionLimits(settings.max_header_bytes, settings.header_timeout_s, settings.max_connections)
     raise_open_file_limit(settings.max_connections)
@@ -160,7 +180,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, ready_
         # Every request ends by its deadline, so in-flight work is done by then.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 2,
     )
-    server = DrainingServer(config, state, settings.shutdown_delay_s, ready_fd)
+    server = DrainingServer(config, state, settings.shutdown_delay_s, app.state.grpc.stop, ready_fd)
     try:
         server.run(sockets=sockets)
     except SystemExit:

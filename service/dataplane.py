@@ -1,8 +1,9 @@
 """The protocol-independent core of inference (KServe's ``DataPlane``): one typed entry, ``infer``.
 
-Transports (REST classify, KServe v2 over HTTP) decode their wire format into an
+Transports (REST classify, KServe v2 over HTTP and gRPC) decode their wire format into an
 :class:`InferenceRequest`, call :meth:`DataPlane.infer`, and encode the :class:`InferenceResult`;
-model lookup, versions, admission, preprocessing, batching and deadlines live here once.
+model lookup, versions, admission, preprocessing, batching, deadlines and the per-model statistics
+live here once.
 """
 
 from __future__ import annotations
@@ -71,11 +72,24 @@ class DataPlane:
     async def infer(self, request: InferenceRequest, deadline: Deadline) -> InferenceResult:
         """Admit, preprocess (images), batch and run ``request`` within ``deadline`` (tightened by its timeout)."""
         runtime = self.model(request.model, request.version)
-        if request.timeout_s is not None:
-            deadline = deadline.tightened(request.timeout_s)
-        if request.images is not None:
-            batch, preprocess_s = await runtime.infer_images(request.images, deadline)
-        else:
-            assert request.tensor is not None
-            batch, preprocess_s = await runtime.infer_tensor(request.tensor, deadline), 0.0
+        statistics = runtime.metrics.statistics
+        try:
+            if request.timeout_s is not None:
+                deadline = deadline.tightened(request.timeout_s)
+            if request.images is not None:
+                batch, preprocess_s = await runtime.infer_images(request.images, deadline)
+            else:
+                assert request.tensor is not None
+                batch, preprocess_s = await runtime.infer_tensor(request.tensor, deadline), 0.0
+        except BaseException:  # cancelled (the client left) counts as failed too
+            statistics.record_failure(deadline.elapsed())
+            raise
+        statistics.record_success(
+            deadline.elapsed(),
+            len(batch.logits),
+            batch.queue_s,
+            preprocess_s + batch.input_s,
+            batch.inference_s,
+            batch.output_s,
+        )
         return InferenceResult(request.model, runtime.folder.version, request.id, batch.logits, batch, preprocess_s)

@@ -20,6 +20,10 @@ class BadRequest(ServiceError):
     status_code = 400
 
 
+class Unsupported(BadRequest):
+    """Something this server does not do (Triton's UNSUPPORTED: 400 over HTTP, UNIMPLEMENTED over gRPC)."""
+
+
 class Unauthorized(ServiceError):
     status_code = 401
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import datetime, timezone
@@ -14,9 +15,16 @@ from niff_serve.errors import ConfigurationError
 # uvicorn prints the lifespan's exception as a traceback; these are the start-up errors the app words itself.
 _STARTUP_ERRORS = tuple(f"{c.__module__}.{c.__qualname__}:" for c in (ContractError, ConfigurationError))
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+# Visible ASCII only, so a client cannot inject line breaks or control bytes into the logs.
+_VALID_REQUEST_ID = re.compile(r"[!-~]{1,128}")
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message", "taskName"}
+
+
+def valid_request_id(text: str) -> str | None:
+    """A client's request id (HTTP ``X-Request-ID``, gRPC ``x-request-id``) if it is safe to log, else None."""
+    return text if _VALID_REQUEST_ID.fullmatch(text) else None
 
 
 class JsonFormatter(logging.Formatter):

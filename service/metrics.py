@@ -22,6 +22,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from niff_serve.statistics import ModelStatistics, StatisticsMetrics
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "ModelMetrics"]
 
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -43,6 +45,7 @@ class ModelMetrics:
     queue_depth: Gauge
     failures: Counter
     ready: Gauge
+    statistics: ModelStatistics
     _dropped: Counter
     _cpu_by_stage: Mapping[str, Counter]
 
@@ -79,6 +82,19 @@ class Metrics:
             "niff_http_request_duration_seconds",
             "Time from request start to the end of the response.",
             ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.grpc_requests = Counter(
+            "niff_grpc_requests",
+            "gRPC calls answered, by method and status code.",
+            ["method", "code"],
+            registry=reg,
+        )
+        self.grpc_request_seconds = Histogram(
+            "niff_grpc_request_duration_seconds",
+            "Time from a gRPC call's start to its answer.",
+            ["method"],
             buckets=_LATENCY_BUCKETS,
             registry=reg,
         )
@@ -135,6 +151,8 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemin",
         )
+        # Triton's statistics extension (GET /v2/models/{name}/stats, gRPC ModelStatistics) reads these.
+        self.statistics = StatisticsMetrics(reg)
 
     def for_model(self, name: str) -> ModelMetrics:
         for reason in DROP_REASONS:
@@ -148,6 +166,7 @@ class Metrics:
             queue_depth=self._queue_depth.labels(model=name),
             failures=self._failures.labels(model=name),
             ready=self._ready.labels(model=name),
+            statistics=self.statistics.for_model(name),
             _dropped=self._dropped,
             _cpu_by_stage={stage: self._cpu.labels(model=name, stage=stage) for stage in CPU_STAGES},
         )
@@ -164,10 +183,14 @@ class Metrics:
         series[0].inc()
         series[1].observe(seconds)
 
-    def exposition(self) -> bytes:
+    def view(self) -> CollectorRegistry:
+        """Every series of the server: this process's, or with several workers all of theirs combined."""
         directory = os.environ.get(PROMETHEUS_DIR_ENV)
         if directory is None:
-            return generate_latest(self.registry)
+            return self.registry
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)
-        return generate_latest(registry)
+        return registry
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.view())

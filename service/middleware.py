@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -20,15 +19,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from niff_serve.logs import request_id_var
+from niff_serve.logs import request_id_var, valid_request_id
 from niff_serve.metrics import Metrics
 
 access_logger = logging.getLogger("niff_serve.access")
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
-# Visible ASCII only, so a client cannot inject line breaks or control bytes into the logs.
-_VALID_REQUEST_ID = re.compile(r"[!-~]{1,128}")
 # How much of an unread body an error answer waits for (larger uploads are cut off).
 _DRAIN_BYTES = 1 << 20
 _DRAIN_SECONDS = 2.0
@@ -107,6 +104,5 @@ async def _drain(receive: Receive, done: Callable[[], bool]) -> None:
 def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            text = value.decode("latin-1")
-            return text if _VALID_REQUEST_ID.fullmatch(text) else None
+            return valid_request_id(value.decode("latin-1"))
     return None

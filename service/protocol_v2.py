@@ -5,6 +5,9 @@ a JSON header of ``Inference-Header-Content-Length`` bytes followed by raw tenso
 takes exactly one of two inputs: ``input`` (FP32 ``[N, 3, S, S]``, already preprocessed) or
 ``image`` (BYTES ``[N]``, encoded images; base64 strings in JSON). It answers ``logits`` and
 ``probabilities`` (FP32 ``[N, C]``); without an ``outputs`` list it answers both.
+
+The checks of tensors, images, outputs and the ``timeout`` parameter are the protocol's, not JSON's:
+the gRPC codec (:mod:`niff_serve.grpc_codec`) calls the same functions.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import base64
 import binascii
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,8 @@ from niff_serve.request_body import Upload, parse_length
 TENSOR_INPUT = "input"
 IMAGE_INPUT = "image"
 OUTPUTS = ("logits", "probabilities")
+# Triton's names for what this server supports beyond the core protocol, over HTTP and gRPC alike.
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The longest per-request timeout honoured; the server's own request deadline caps it anyway.
 _MAX_TIMEOUT_US = 10**12
@@ -158,18 +163,24 @@ def decode_request(
         raise BadRequest(f"input {item.name!r}: 'data' must be an array")
     if item.name == TENSOR_INPUT:
         numbers = None if numeric is None else split.numbers(numeric)
-        tensor, images = _decode_tensor(item, raw, numbers, shape), None
+        tensor, images = decode_tensor(item.datatype, item.shape, raw, numbers, shape), None
     elif item.name == IMAGE_INPUT:
         if numeric is not None:
             raise BadRequest(f"input {IMAGE_INPUT!r}: 'data' must hold base64 strings, not numbers")
-        tensor, images = None, _decode_images(item, raw)
+        elements = unpack_bytes(raw) if raw is not None else _base64_elements(item.data or [])
+        tensor, images = None, decode_images(item.datatype, item.shape, elements)
     else:
-        raise BadRequest(
-            f"unknown input {item.name!r}: send {TENSOR_INPUT!r} (FP32 [N, 3, {shape.size}, {shape.size}]) "
-            f"or {IMAGE_INPUT!r} (BYTES [N], encoded images)"
-        )
-    inference = InferenceRequest(model, tensor, images, id=request.id, timeout_s=_timeout_s(request))
+        raise unknown_input(item.name, shape)
+    timeout_s = timeout_parameter(request.parameters.get("timeout"))
+    inference = InferenceRequest(model, tensor, images, id=request.id, timeout_s=timeout_s)
     return DecodedRequest(inference, _requested_outputs(request))
+
+
+def unknown_input(name: str, shape: TensorShape) -> BadRequest:
+    return BadRequest(
+        f"unknown input {name!r}: send {TENSOR_INPUT!r} (FP32 [N, 3, {shape.size}, {shape.size}]) "
+        f"or {IMAGE_INPUT!r} (BYTES [N], encoded images)"
+    )
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -196,43 +207,45 @@ def _binary_part(item: RequestInput, binary: bytes) -> bytes | None:
     return binary
 
 
-def _decode_tensor(item: RequestInput, raw: bytes | None, numbers: np.ndarray | None, shape: TensorShape) -> np.ndarray:
-    """From binary data (``raw``), or from the numeric JSON array cut out of the request (``numbers``)."""
+def decode_tensor(
+    datatype: str, dims: list[int], raw: bytes | None, numbers: np.ndarray | None, shape: TensorShape
+) -> np.ndarray:
+    """The ``input`` tensor from its little-endian bytes (``raw``) or from its values (``numbers``)."""
     expected = [3, shape.size, shape.size]
-    if item.datatype != "FP32":
-        raise BadRequest(f"input {TENSOR_INPUT!r} must be FP32, not {item.datatype}")
-    if len(item.shape) != 4 or item.shape[1:] != expected or item.shape[0] < 1:
+    if datatype != "FP32":
+        raise BadRequest(f"input {TENSOR_INPUT!r} must be FP32, not {datatype}")
+    if len(dims) != 4 or dims[1:] != expected or dims[0] < 1:
         raise BadRequest(
-            f"input {TENSOR_INPUT!r} has shape {item.shape}; this model takes [N, {', '.join(map(str, expected))}]"
+            f"input {TENSOR_INPUT!r} has shape {dims}; this model takes [N, {', '.join(map(str, expected))}]"
         )
-    count = math.prod(item.shape)
+    count = math.prod(dims)
     if raw is not None:
         if len(raw) != count * 4:
-            raise BadRequest(f"input {TENSOR_INPUT!r}: {len(raw)} bytes for shape {item.shape} ({count * 4} expected)")
+            raise BadRequest(f"input {TENSOR_INPUT!r}: {len(raw)} bytes for shape {dims} ({count * 4} expected)")
         tensor = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     else:
         tensor = numbers
         if tensor is None:
             raise BadRequest(f"input {TENSOR_INPUT!r}: data must be numbers (flat or nested arrays)")
         if tensor.size != count:
-            raise BadRequest(f"input {TENSOR_INPUT!r}: {tensor.size} values for shape {item.shape} ({count} expected)")
+            raise BadRequest(f"input {TENSOR_INPUT!r}: {tensor.size} values for shape {dims} ({count} expected)")
     if not np.isfinite(tensor).all():
         raise BadRequest(f"input {TENSOR_INPUT!r} contains NaN or infinite values")
-    return tensor.reshape(item.shape)
+    return tensor.reshape(dims)
 
 
-def _decode_images(item: RequestInput, raw: bytes | None) -> list[Upload]:
-    if item.datatype != "BYTES":
-        raise BadRequest(f"input {IMAGE_INPUT!r} must be BYTES, not {item.datatype}")
-    if item.shape[0] < 1 or math.prod(item.shape) != item.shape[0]:
-        raise BadRequest(f"input {IMAGE_INPUT!r} has shape {item.shape}; it takes [N] or [N, 1]")
-    elements = _unpack_bytes(raw) if raw is not None else _base64_elements(item.data or [])
-    if len(elements) != item.shape[0]:
-        raise BadRequest(f"input {IMAGE_INPUT!r}: {len(elements)} elements for shape {item.shape}")
+def decode_images(datatype: str, dims: list[int], elements: list[bytes]) -> list[Upload]:
+    """The ``image`` input: one encoded image per element."""
+    if datatype != "BYTES":
+        raise BadRequest(f"input {IMAGE_INPUT!r} must be BYTES, not {datatype}")
+    if not dims or dims[0] < 1 or math.prod(dims) != dims[0]:
+        raise BadRequest(f"input {IMAGE_INPUT!r} has shape {dims}; it takes [N] or [N, 1]")
+    if len(elements) != dims[0]:
+        raise BadRequest(f"input {IMAGE_INPUT!r}: {len(elements)} elements for shape {dims}")
     return [Upload(data) for data in elements]
 
 
-def _unpack_bytes(raw: bytes) -> list[bytes]:
+def unpack_bytes(raw: bytes) -> list[bytes]:
     """Triton's BYTES serialization: each element is a little-endian uint32 length, then the bytes."""
     elements, offset = [], 0
     while offset < len(raw):
@@ -264,12 +277,17 @@ def _requested_outputs(request: InferRequest) -> dict[str, bool]:
         return dict.fromkeys(OUTPUTS, default_binary)
     outputs = {}
     for output in request.outputs:
-        if output.name not in OUTPUTS:
-            raise BadRequest(f"unknown output {output.name!r}; this model answers {', '.join(OUTPUTS)}")
-        if "classification" in output.parameters:
-            raise BadRequest("the classification extension is not supported; use POST /v1/models/{name}:classify")
+        check_output(output.name, output.parameters)
         outputs[output.name] = _flag(output.parameters, "binary_data", default_binary)
     return outputs
+
+
+def check_output(name: str, parameters: Collection[str]) -> None:
+    """A requested output must be one this model answers, without the classification extension."""
+    if name not in OUTPUTS:
+        raise BadRequest(f"unknown output {name!r}; this model answers {', '.join(OUTPUTS)}")
+    if "classification" in parameters:
+        raise BadRequest("the classification extension is not supported; use POST /v1/models/{name}:classify")
 
 
 def _flag(parameters: dict[str, Any], name: str, default: bool) -> bool:
@@ -279,9 +297,8 @@ def _flag(parameters: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def _timeout_s(request: InferRequest) -> float | None:
-    """Triton's per-request ``timeout`` parameter, in microseconds."""
-    value = request.parameters.get("timeout")
+def timeout_parameter(value: object) -> float | None:
+    """Triton's per-request ``timeout`` parameter (microseconds), in seconds."""
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -289,14 +306,17 @@ def _timeout_s(request: InferRequest) -> float | None:
     return min(value, _MAX_TIMEOUT_US) / 1e6
 
 
+def output_tensor(result: InferenceResult, name: str) -> np.ndarray:
+    """One of :data:`OUTPUTS` as contiguous little-endian float32, ready to send."""
+    values = result.logits if name == "logits" else result.probabilities
+    return np.ascontiguousarray(values, dtype="<f4")
+
+
 def encode_response(result: InferenceResult, requested: dict[str, bool]) -> tuple[bytes, dict[str, str]]:
     """The body and headers answering a request: plain JSON, or JSON followed by binary tensors."""
-    tensors = {"logits": result.logits.astype("<f4")}
-    if "probabilities" in requested:
-        tensors["probabilities"] = result.probabilities.astype("<f4")
     outputs, raw_parts = [], []
     for name, binary in requested.items():
-        array = np.ascontiguousarray(tensors[name])
+        array = output_tensor(result, name)
         output = ResponseOutput(name=name, datatype="FP32", shape=list(array.shape))
         if binary:
             output.parameters = {"binary_data_size": array.nbytes}

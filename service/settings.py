@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", min_length=1, description="Address to bind.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to bind.")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="TCP port of the KServe v2 gRPC endpoint, on the same host; 0 turns it off."
+    )
     log_level: LogLevel = Field("info", description="Lowest level written to the JSON log.")
     preprocess_workers: int = Field(
         default_factory=lambda: min(4, os.cpu_count() or 1),
@@ -126,6 +129,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
             )
+        if self.grpc_port == self.port:
+            raise ValueError(f"grpc_port and port must differ (both are {self.port})")
         if self.max_body_memory_bytes < self.max_upload_bytes:
             raise ValueError(
                 f"max_body_memory_bytes ({self.max_body_memory_bytes}) must be at least "

@@ -32,11 +32,11 @@ def _block(language: str, containing: str) -> str:
 
 @pytest.fixture(scope="module")
 def make_serve(tmp_path_factory):
-    """`make serve` as the README says, with a free port and a scratch model repository."""
-    port, models = _free_port(), tmp_path_factory.mktemp("models")
+    """`make serve` as the README says, with free ports and a scratch model repository."""
+    port, grpc_port, models = _free_port(), _free_port(), tmp_path_factory.mktemp("models")
     venv = Path(sys.executable).parent.parent
     process = subprocess.Popen(
-        ["make", "serve", f"PORT={port}", f"MODELS={models}", f"VENV={venv}"],
+        ["make", "serve", f"PORT={port}", f"GRPC_PORT={grpc_port}", f"MODELS={models}", f"VENV={venv}"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -56,7 +56,7 @@ def make_serve(tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, "make serve was not ready within 300 s"
             time.sleep(0.2)
-        yield port, models
+        yield port, grpc_port, models
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
@@ -68,7 +68,7 @@ def make_serve(tmp_path_factory):
 
 
 def test_curl_line_classifies_the_example(make_serve):
-    port, _ = make_serve
+    port, _, _ = make_serve
     line = next(line for line in _block("sh", "curl").splitlines() if line.startswith("curl"))
     done = subprocess.run(
         line.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), shell=True, cwd=ROOT, capture_output=True, text=True
@@ -79,7 +79,7 @@ def test_curl_line_classifies_the_example(make_serve):
 
 
 def test_tritonclient_snippet(make_serve):
-    port, models = make_serve
+    port, _, models = make_serve
     snippet = _block("python", "tritonclient").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
     snippet = snippet.replace('"models/digits/niff.json"', repr(str(models / "digits" / "niff.json")))
     done = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -87,8 +87,16 @@ def test_tritonclient_snippet(make_serve):
     assert done.stdout.split() == ["[3]", "[3]"]
 
 
+def test_grpc_snippet(make_serve):
+    _, grpc_port, _ = make_serve
+    snippet = _block("python", "tritonclient.grpc").replace("127.0.0.1:8001", f"127.0.0.1:{grpc_port}")
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[3]"]
+
+
 def test_second_make_serve_uses_the_cached_export(make_serve):
-    _, models = make_serve
+    _, _, models = make_serve
     venv = Path(sys.executable).parent.parent
     done = subprocess.run(
         ["make", "export", f"MODELS={models}", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=120

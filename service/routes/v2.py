@@ -1,20 +1,23 @@
-"""KServe v2 / Open Inference Protocol endpoints (what Triton and ``tritonclient.http`` speak)."""
+"""KServe v2 / Open Inference Protocol endpoints (what Triton and ``tritonclient.http`` speak), and Triton's
+model-configuration, statistics and model-repository extensions."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Body, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from niff_contract import TRITON_PLATFORMS
+from niff_contract import TRITON_PLATFORMS, config_json, message_json
+from niff_serve import extensions
 from niff_serve.auth import SECURITY, bearer_token, check_api_key, require_api_key
 from niff_serve.backends import ARTIFACT_OF
 from niff_serve.dataplane import InferenceResult
 from niff_serve.deadline import Deadline
 from niff_serve.disconnect import cancel_on_disconnect
 from niff_serve.protocol_v2 import (
+    EXTENSIONS,
     HEADER_LENGTH,
     InferRequest,
     ModelMetadata,
@@ -66,7 +69,13 @@ _INFER_BODY = {
 
 @router.get("", response_model=ServerMetadata, summary="Server metadata")
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="niff-serve", version=__version__, extensions=["binary_tensor_data"])
+    return ServerMetadata(name="niff-serve", version=__version__, extensions=list(EXTENSIONS))
+
+
+# Before /models/{name}, which would take "stats" for a model name.
+@router.get("/models/stats", summary="Every model's statistics (Triton's statistics extension)")
+async def all_statistics(state: State) -> dict[str, Any]:
+    return message_json(extensions.statistics(state), with_defaults=True)
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, summary="Model metadata")
@@ -87,6 +96,32 @@ async def model_ready(runtime: Model, state: State) -> JSONResponse:
     ready = runtime.ready and state.ready
     body = ModelReady(name=runtime.name, ready=ready)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/models/{name}/config", summary="Model configuration (Triton's model configuration extension)")
+@router.get("/models/{name}/versions/{version}/config", include_in_schema=False)
+async def model_configuration(runtime: Model) -> dict[str, Any]:
+    """The model's config.pbtxt as JSON, with the max batch size and queue delay this server uses."""
+    return config_json(extensions.served_config(runtime))
+
+
+@router.get("/models/{name}/stats", summary="Model statistics (Triton's statistics extension)")
+@router.get("/models/{name}/versions/{version}/stats", include_in_schema=False)
+async def model_statistics(runtime: Model, state: State) -> dict[str, Any]:
+    return message_json(extensions.statistics(state, runtime.name), with_defaults=True)
+
+
+@router.post("/repository/index", summary="Models in the repository and their state")
+async def repository_index(
+    state: State, ready: Annotated[bool, Body(embed=True, description="Only models that are ready.")] = False
+) -> list[dict[str, Any]]:
+    return message_json(extensions.repository_index(state, ready)).get("models", [])
+
+
+@router.post("/repository/models/{name}/load", summary="Not supported: models load at start-up")
+@router.post("/repository/models/{name}/unload", summary="Not supported: models stay until the server stops")
+async def model_control(name: str) -> None:
+    raise extensions.refuse_model_control()
 
 
 @hot_router.post(

@@ -199,14 +199,14 @@ def test_model_repository_is_models_and_no_volume_is_declared(dockerfile):
     assert not [s.name for s in dockerfile.stages if s.all("VOLUME")]
 
 
-def effective_port(dockerfile) -> int:
+def effective_port(dockerfile, field: str = "port") -> int:
     prefix = settings_class().model_config["env_prefix"]
-    return int(dockerfile.final.env().get(f"{prefix}PORT", settings_class().model_fields["port"].default))
+    return int(dockerfile.final.env().get(f"{prefix}{field.upper()}", settings_class().model_fields[field].default))
 
 
-def test_exposed_port_is_the_server_port(dockerfile):
+def test_exposed_ports_are_the_server_ports(dockerfile):
     exposed = [p.split("/")[0] for e in dockerfile.final.all("EXPOSE") for p in e.value.split()]
-    assert exposed == [str(effective_port(dockerfile))]
+    assert exposed == [str(effective_port(dockerfile)), str(effective_port(dockerfile, "grpc_port"))]
 
 
 def test_healthcheck_probes_the_readiness_route(dockerfile, app):

@@ -50,6 +50,14 @@ def test_inference_service_uses_our_runtime_with_the_v2_protocol():
     assert service()["metadata"]["namespace"] == runtime()["metadata"]["namespace"]
 
 
+def test_runtime_speaks_v2_over_http_and_grpc():
+    """KServe routes its Service's port 80 to the first container port (HTTP); gRPC is the port named h2c."""
+    ports = kserve_container()["ports"]
+    assert ports[0].get("name") != "h2c"
+    assert [p["name"] for p in ports[1:]] == ["h2c"]
+    assert {"v2", "grpc-v2"} <= set(runtime()["spec"]["protocolVersions"])
+
+
 def test_runtime_image_is_the_serving_image_of_the_gpu_deployment():
     deployment = one(variant_docs("gpu"), "Deployment").body
     assert (

@@ -35,6 +35,8 @@ from starlette.routing import Match
 
 WORKLOADS = serving_workloads()
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+# Kubernetes' usual name for a gRPC port, and KServe's (Knative's) name for an HTTP/2 cleartext one.
+GRPC_PORT_NAMES = ("grpc", "h2c")
 
 
 def prefix() -> str:
@@ -54,16 +56,22 @@ def effective(workload: Workload, dockerfile, field: str) -> Any:
 
 
 def container_port(workload: Workload) -> dict[str, Any]:
+    """The HTTP port: the one named http, else the first (KServe routes its Service's port 80 there)."""
     ports = workload.container["ports"]
-    assert len(ports) == 1, f"{workload.label}: expected the one HTTP port, got {ports}"
+    return next((p for p in ports if p.get("name") == "http"), ports[0])
+
+
+def grpc_container_port(workload: Workload) -> dict[str, Any]:
+    ports = [p for p in workload.container["ports"] if p.get("name") in GRPC_PORT_NAMES]
+    assert len(ports) == 1, f"{workload.label}: expected one port named {' or '.join(GRPC_PORT_NAMES)}, got {ports}"
     return ports[0]
 
 
 def resolve_port(workload: Workload, port: int | str) -> int:
-    declared = container_port(workload)
     if isinstance(port, str):
-        assert port == declared.get("name"), f"{workload.label}: port {port!r} names no container port"
-        return declared["containerPort"]
+        named = {p.get("name"): p["containerPort"] for p in workload.container["ports"]}
+        assert port in named, f"{workload.label}: port {port!r} names no container port"
+        return named[port]
     return port
 
 
@@ -107,9 +115,12 @@ def test_api_key_comes_from_a_secret_if_at_all(workload: Workload):
 # Port, host, model repository
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("workload", WORKLOADS, ids=ids)
-def test_container_port_is_the_port_the_server_binds(workload: Workload, dockerfile):
+def test_container_ports_are_the_ports_the_server_binds(workload: Workload, dockerfile):
+    ports = workload.container["ports"]
+    assert len(ports) == 2, f"{workload.label}: expected the HTTP and the gRPC port, got {ports}"
     assert container_port(workload)["containerPort"] == int(effective(workload, dockerfile, "port"))
-    assert container_port(workload).get("protocol", "TCP") == "TCP"
+    assert grpc_container_port(workload)["containerPort"] == int(effective(workload, dockerfile, "grpc_port"))
+    assert all(p.get("protocol", "TCP") == "TCP" for p in ports)
 
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids=ids)
@@ -169,8 +180,10 @@ def test_service_and_scrape_annotations_reach_the_server(variant: str, dockerfil
     workload = next(w for w in WORKLOADS if w.label.startswith(f"k8s/{variant}"))
     port = int(effective(workload, dockerfile, "port"))
     service = one(variant_docs(variant), "Service").body
-    for entry in service["spec"]["ports"]:
-        assert resolve_port(workload, entry["targetPort"]) == port
+    targets = {entry["name"]: resolve_port(workload, entry["targetPort"]) for entry in service["spec"]["ports"]}
+    assert targets == {"http": port, "grpc": int(effective(workload, dockerfile, "grpc_port"))}
+    [grpc_entry] = [entry for entry in service["spec"]["ports"] if entry["name"] == "grpc"]
+    assert grpc_entry["appProtocol"] == "kubernetes.io/h2c", "gRPC is HTTP/2 without TLS"
     annotations = one(variant_docs(variant), "Deployment").body["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == port
     path = annotations["prometheus.io/path"]
@@ -227,10 +240,12 @@ def run_cli(dockerfile, pyproject, tiny_repository, monkeypatch):
 
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids=ids)
-def test_niff_serve_binds_the_container_port(workload: Workload, run_cli):
+def test_niff_serve_binds_the_container_ports(workload: Workload, run_cli):
     server = run_cli(workload)
     assert server.config.port == container_port(workload)["containerPort"]
     assert server.config.host in ("0.0.0.0", "::")
+    # The gRPC server starts with the app (on the same host): the app's settings say where.
+    assert server.config.app.state.service.settings.grpc_port == grpc_container_port(workload)["containerPort"]
 
 
 @pytest.mark.parametrize("variant", ["gpu", "cpu"])

@@ -90,6 +90,7 @@ def server(exported_repository, dockerfile, pyproject):
             f"{prefix}MODEL_REPOSITORY": str(exported_repository),
             f"{prefix}HOST": "127.0.0.1",  # loopback only on a shared CI machine
             f"{prefix}PORT": str(port),
+            f"{prefix}GRPC_PORT": str(free_port()),
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
     )

@@ -1,7 +1,7 @@
 """Fixtures for the service tests: a model repository exported in this session, real servers, real photos.
 
-Servers are real ``python -m niff_serve`` processes (the ``niff-serve`` entry point) on 127.0.0.1 and a free
-port; tests talk to them over HTTP only.
+Servers are real ``python -m niff_serve`` processes (the ``niff-serve`` entry point) on 127.0.0.1 and free
+ports; tests talk to them over HTTP and gRPC only.
 """
 
 from __future__ import annotations
@@ -142,18 +142,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def workers_of(server: ServerProcess) -> list[int]:
+    """The pids of a supervising server's worker processes."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
 class ServerProcess:
-    """A ``python -m niff_serve`` process and HTTP helpers to talk to it."""
+    """A ``python -m niff_serve`` process and HTTP helpers to talk to it (gRPC on ``grpc_url``)."""
 
     def __init__(self, repository: Path, log_path: Path, *args: str, api_key: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.api_key = api_key
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIFF_")}
         if api_key is not None:
             env["NIFF_API_KEY"] = api_key
-        command = [sys.executable, "-m", "niff_serve", "--model-repository", str(repository), "--port", str(self.port)]
+        command = [sys.executable, "-m", "niff_serve", "--model-repository", str(repository)]
+        command += ["--port", str(self.port), "--grpc-port", str(self.grpc_port)]
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [

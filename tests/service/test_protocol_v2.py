@@ -167,7 +167,8 @@ LOGITS = np.array([[1.0, 2.0, 3.0], [-1.0, 0.0, 40.0]], dtype=np.float32)
 
 
 def _result(version: str, request_id: str | None = "q-1") -> InferenceResult:
-    return InferenceResult("tiny", version, request_id, LOGITS, BatchResult(LOGITS, 0.0, 0.0, 2), 0.0)
+    batch = BatchResult(LOGITS, queue_s=0.0, inference_s=0.0, batch_size=2, input_s=0.0, output_s=0.0)
+    return InferenceResult("tiny", version, request_id, LOGITS, batch, preprocess_s=0.0)
 
 
 def test_json_response_read_by_tritonclient() -> None:

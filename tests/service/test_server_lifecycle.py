@@ -117,6 +117,7 @@ def test_model_that_cannot_load_stops_start_up(repository: Path, tmp_path: Path,
             "invalid settings: max_queue_size (2) must be at least max_batch_size (4)",
         ),
         (["--backend", "torchscript"], "model 'mini': has no torchscript artifact for backend torchscript"),
+        (["--grpc-port", "8000"], "invalid settings: grpc_port and port must differ (both are 8000)"),
     ],
 )
 def test_unusable_configuration_exits_2(

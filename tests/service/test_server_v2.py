@@ -47,7 +47,12 @@ def test_health_and_metadata(tc: triton.InferenceServerClient, server: ServerPro
         "image": ("BYTES", [-1]),
     }
     assert {o["name"]: o["shape"] for o in metadata["outputs"]} == {"logits": [-1, 4], "probabilities": [-1, 4]}
-    assert tc.get_server_metadata(headers=server.headers)["extensions"] == ["binary_tensor_data"]
+    assert tc.get_server_metadata(headers=server.headers)["extensions"] == [
+        "binary_tensor_data",
+        "model_configuration",
+        "statistics",
+        "model_repository",
+    ]
 
 
 @pytest.mark.parametrize("binary", [True, False])

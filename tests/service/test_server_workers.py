@@ -12,12 +12,7 @@ import numpy as np
 import pytest
 from polling import wait_until
 
-from .conftest import TINY, Photos, Reference, ServerProcess, classify
-
-
-def workers_of(server: ServerProcess) -> list[int]:
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+from .conftest import TINY, Photos, Reference, ServerProcess, classify, workers_of
 
 
 def running(pid: int) -> bool:
