@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from PIL import Image
-from service_load import Server
+from service_load import Server, process_tree
 from sklearn.datasets import load_sample_images
 
 
@@ -62,12 +62,8 @@ def v2_bytes(image: bytes) -> tuple[bytes, dict[str, str]]:
 
 
 def peak_rss_mb(server: Server) -> float:
-    pids = [server.process.pid]
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    if children.exists():
-        pids += [int(pid) for pid in children.read_text().split()]
     total = 0
-    for pid in pids:
+    for pid in process_tree(server.process.pid):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 total += int(line.split()[1])

@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+from service_load import cpu_seconds
+
 APP_MODULE = """
 from niff_serve.app import create_app
 from niff_serve.logs import configure_logging
@@ -60,18 +62,6 @@ def commands(port: int) -> dict[str, list[str] | None]:
         if importlib.util.find_spec("hypercorn")
         else None,
     }  # fmt: skip
-
-
-def cpu_seconds(pid: int) -> float:
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    total = 0.0
-    for p in pids:
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def wait_ready(port: int, process: subprocess.Popen) -> None:

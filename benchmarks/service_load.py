@@ -150,6 +150,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its child processes (a server's worker processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *(int(child) for child in children.read_text().split())] if children.exists() else [pid]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` and its child processes so far."""
+    total = 0.0
+    for member in process_tree(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 class Server:
     """``python -m niff_serve`` on 127.0.0.1 with free HTTP and gRPC ports; its JSON log goes to a temporary file."""
 
@@ -187,15 +202,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time of the server process and its worker processes so far."""
-        pids = [self.process.pid]
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        if children.exists():
-            pids += [int(pid) for pid in children.read_text().split()]
-        total = 0.0
-        for pid in pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return cpu_seconds(self.process.pid)
 
     def stage_cpu(self, model: str) -> dict[str, float]:
         """The server's ``niff_cpu_seconds`` counters for ``model``, by stage."""

@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import tritonclient.http as triton_http
 from PIL import Image
 from polling import wait_until
 from prometheus_client.parser import text_string_to_metric_families
@@ -259,6 +260,27 @@ class ServerProcess:
         return self.process.returncode
 
 
+def classify_digits(server: ServerProcess, images: np.ndarray, batch: int) -> np.ndarray:
+    """Every image classified over REST as PNG files, ``batch`` per multipart request: the top-1 labels."""
+    served: list[int] = []
+    with server.client() as client:
+        for start in range(0, len(images), batch):
+            files = [
+                ("files", (f"{i}.png", _png(images[i]), "image/png"))
+                for i in range(start, min(start + batch, len(images)))
+            ]
+            response = client.post("/v1/models/digits:classify", files=files, params={"top_k": 1})
+            assert response.status_code == 200, response.text
+            served += [int(p["top_k"][0]["label"]) for p in response.json()["predictions"]]
+    return np.array(served)
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def classify(data: bytes, model: str = TINY) -> Callable[[httpx.Client], httpx.Response]:
     """A request for :meth:`ServerProcess.in_background`: classify ``data``, all classes."""
     return lambda client: client.post(f"/v1/models/{model}:classify", content=data, params={"top_k": 10})
@@ -287,6 +309,14 @@ def slow_server(tiny_only_repository: Path, tmp_path_factory: pytest.TempPathFac
     log = tmp_path_factory.mktemp("logs") / "slow.log"
     args = ("--max-batch-size", "4", "--max-queue-size", "4", "--max-batch-delay-ms", "2000")
     yield from _start(tiny_only_repository, log, *args, "--request-timeout-s", "20")
+
+
+@pytest.fixture
+def http(server: ServerProcess) -> Iterator[triton_http.InferenceServerClient]:
+    """tritonclient's HTTP client on the shared server."""
+    client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    yield client
+    client.close()
 
 
 @pytest.fixture

@@ -3,13 +3,10 @@ truncation of the same filters scores: the compact export approximates exactly w
 
 from __future__ import annotations
 
-import io
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 import niff
@@ -17,6 +14,8 @@ import niff_export
 from niff import digits
 from niff.layers import FreqConvDW
 from niff_export.compact import CompactRequest
+
+from .conftest import classify_digits
 
 KERNEL = 9
 # Maps below this side stay spectral (the documented rule of compact export), as do maps no larger than K.
@@ -82,29 +81,13 @@ def compact_server(tmp_path_factory: pytest.TempPathFactory, start_server):
     return repository, start_server(repository, "--max-batch-size", str(BATCH))
 
 
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def test_served_compact_digits_score_the_independent_truncation(compact_server):
     repository, server = compact_server
     record = json.loads((repository / "digits" / "niff.json").read_text())["compact"]
     assert [c["kernel"] for c in record["layers"]] == [KERNEL, KERNEL, KERNEL, None, None]
 
     _, _, images, labels = digits.load_split()
-    served = []
-    with server.client() as client:
-        for start in range(0, len(images), BATCH):
-            files = [
-                ("files", (f"{i}.png", _png(images[i]), "image/png"))
-                for i in range(start, min(start + BATCH, len(images)))
-            ]
-            response = client.post("/v1/models/digits:classify", files=files, params={"top_k": 1})
-            assert response.status_code == 200, response.text
-            served += [int(p["top_k"][0]["label"]) for p in response.json()["predictions"]]
-    served = np.array(served)
+    served = classify_digits(server, images, BATCH)
     assert len(served) == digits.HELD_OUT_SIZE
 
     model = niff.load_checkpoint(digits.DEFAULT_CHECKPOINT)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import niff
 import niff_export
 from niff import digits
+
+from .conftest import classify_digits
 
 BATCH = 15
 
@@ -23,28 +23,12 @@ def digits_server(tmp_path_factory: pytest.TempPathFactory, start_server):
     return start_server(repository, "--max-batch-size", str(BATCH))
 
 
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def test_held_out_digits_over_http_match_the_eager_model(digits_server):
     _, _, images, labels = digits.load_split()
     model = niff.load_checkpoint(digits.DEFAULT_CHECKPOINT)
     spec = model.niff_spec.preprocessing
     eager = digits.predict(model, digits.to_tensor(images, spec.mean, spec.std)).numpy()
-    served = []
-    with digits_server.client() as client:
-        for start in range(0, len(images), BATCH):
-            files = [
-                ("files", (f"{i}.png", _png(images[i]), "image/png"))
-                for i in range(start, min(start + BATCH, len(images)))
-            ]
-            response = client.post("/v1/models/digits:classify", files=files, params={"top_k": 1})
-            assert response.status_code == 200, response.text
-            served += [int(p["top_k"][0]["label"]) for p in response.json()["predictions"]]
-    served = np.array(served)
+    served = classify_digits(digits_server, images, BATCH)
     assert len(served) == len(labels) == digits.HELD_OUT_SIZE
     http_accuracy, eager_accuracy = (served == labels).mean(), (eager == labels).mean()
     assert http_accuracy >= 0.97

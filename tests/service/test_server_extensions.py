@@ -22,13 +22,6 @@ GRPC_AUTH = {"authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture
-def http(server: ServerProcess) -> Iterator[triton_http.InferenceServerClient]:
-    client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def grpc_client(server: ServerProcess) -> Iterator[triton_grpc.InferenceServerClient]:
     client = triton_grpc.InferenceServerClient(server.grpc_url)
     yield client

@@ -33,13 +33,6 @@ def tc(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
 
 
 @pytest.fixture
-def http(server: ServerProcess) -> Iterator[triton_http.InferenceServerClient]:
-    client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def stub(server: ServerProcess) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
     with grpc.insecure_channel(server.grpc_url) as channel:
         yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
