@@ -3,7 +3,7 @@
 The full set (``../shared/reference``, made by running the paper's code; see its README) is 23 MB and not
 part of a clone. The subset lets every golden test run anyway: every layer file, its batch cut to the
 first sample (layers and models in eval mode treat samples independently, so the first sample's output
-is still the reference's output), and the models whose state_dict is small, whole. Left out: the models
+is still the reference's output; 3-channel layers keep three, see ``layer_samples``), and the models whose state_dict is small, whole. Left out: the models
 too large for the budget (ResNet-18 split 11 MB, MobileNetV2 9 MB), which only the full set checks.
 Data only; the files keep their names, keys and ``index.json`` layout, so the same loader reads both.
 
@@ -25,6 +25,14 @@ DEFAULT_DEST = ROOT / "tests" / "fixtures" / "reference"
 BUDGET_BYTES = 3_000_000
 # Models bigger than this stay out of the subset.
 MAX_MODEL_BYTES = 1_000_000
+MAX_SOLVED_CHANNELS = 3
+
+
+def layer_samples(channels: int) -> int:
+    """Samples a layer file keeps: one, or as many as its input channels when they are few, because the
+    kernel test (tests/test_kernels.py) recovers a 3-channel layer's per-frequency channel mixing from
+    that many independent inputs."""
+    return channels if channels <= MAX_SOLVED_CHANNELS else 1
 
 
 def subset_entry(source: Path, dest: Path, entry: dict) -> dict | None:
@@ -35,7 +43,8 @@ def subset_entry(source: Path, dest: Path, entry: dict) -> dict | None:
         return None
     data = torch.load(path, weights_only=True)
     if is_layer:
-        data = {**data, "input": data["input"][:1].clone(), "output": data["output"][:1].clone()}
+        samples = layer_samples(data["input"].shape[1])
+        data = {**data, "input": data["input"][:samples].clone(), "output": data["output"][:samples].clone()}
     torch.save(data, dest / entry["file"])
     return {
         **entry,
