@@ -1,11 +1,12 @@
 """Write the compact subset of the golden vectors that ships with the tests, from the full set.
 
-The full set (``../shared/reference``, made by running the paper's code; see its README) is 23 MB and not
-part of a clone. The subset lets every golden test run anyway: every layer file, its batch cut to the
-first sample (layers and models in eval mode treat samples independently, so the first sample's output
-is still the reference's output; 3-channel layers keep three, see ``layer_samples``), and the models whose state_dict is small, whole. Left out: the models
-too large for the budget (ResNet-18 split 11 MB, MobileNetV2 9 MB), which only the full set checks.
-Data only; the files keep their names, keys and ``index.json`` layout, so the same loader reads both.
+The full set (``../shared/reference``, made by running the paper's code; see its README) is 23 MB and
+not part of a clone. The subset lets every golden test run anyway: every layer file, its batch cut to
+the first sample (layers and models in eval mode treat samples independently, so the first sample's
+output is still the reference's output; 3-channel layers keep three, see ``layer_samples``), and the
+models whose state_dict is small, whole. Left out: the models too large for the budget (ResNet-18 split
+11 MB, MobileNetV2 9 MB), which only the full set checks. Data only; the files keep their names, keys
+and ``index.json`` layout, so the same loader reads both.
 
     python tools/make_reference_subset.py [SOURCE] [DEST]
 """
