@@ -39,14 +39,12 @@ from twins import spatial_twin
 import niff
 from niff_export import bake, lower
 from niff_export.artifacts import write_onnx
-from niff_export.lowering import MATMUL_LOWERINGS, lower_layer
+from niff_export.lowering import KRONECKER_TUNE_MAX_SIZE, MATMUL_LOWERINGS, PER_IMAGE_LOWERINGS, lower_layer
 from niff_export.precision import HalfPrecision
 from niff_export.spectral import SpectralConv, half_spectrum
 from niff_export.tuning import default_choices, tune_layers
 
 LAYER_SHAPES = ((56, 64), (28, 128), (14, 256), (7, 512))
-# The Kronecker lowering's matrices grow as n⁴ (61 M floats at 56²): timed up to this map side.
-KRONECKER_LIMIT = 16
 MODELS = (("resnet18_split", 3), ("resnet50_split", 3), ("convnext_tiny", 7))  # (arch, twin's depthwise kernel)
 
 Runner = Callable[[], object]
@@ -121,11 +119,11 @@ def spectral_layer(channels: int, size: int) -> SpectralConv:
     return SpectralConv(half_spectrum(torch.complex(*parts)))
 
 
-def layer_modules(channels: int, size: int) -> dict[str, nn.Module]:
+def layer_modules(channels: int, size: int, onnx: bool) -> dict[str, nn.Module]:
     layer = spectral_layer(channels, size)
     modules: dict[str, nn.Module] = {"dense 3x3": nn.Conv2d(channels, channels, 3, padding=1, bias=False)}
-    for name in MATMUL_LOWERINGS:
-        if name != "kronecker" or size <= KRONECKER_LIMIT:
+    for name in (*MATMUL_LOWERINGS, *(PER_IMAGE_LOWERINGS if onnx else ())):
+        if name != "kronecker" or size <= KRONECKER_TUNE_MAX_SIZE:
             modules[f"spectral, {name}"] = nn.Sequential(lower_layer(layer, name))
     modules["depthwise 7x7 circular"] = CircularDepthwise(channels, 7)
     modules["1x1"] = nn.Conv2d(channels, channels, 1, bias=False)
@@ -160,7 +158,7 @@ def layer_part(args: argparse.Namespace, tmp: Path) -> None:
         for size, channels in LAYER_SHAPES:
             x = torch.randn(args.layer_batch, channels, size, size)
             runners = {}
-            for name, module in layer_modules(channels, size).items():
+            for name, module in layer_modules(channels, size, onnx=args.device == "cpu").items():
                 if args.device == "cuda":
                     runners[name] = torchscript_runner(module, x.cuda(), precision == "fp16")
                 else:

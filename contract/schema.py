@@ -55,9 +55,9 @@ class TensorSpec(_Record):
 class SpectralLayer(_Record):
     """How one baked spectral layer of an artifact is computed, and the timings it was chosen by.
 
-    ``lowering``: ``separable`` or ``kronecker`` (matrix products) or ``fft`` (FFT ops). ``timings_ms``
-    holds every candidate's time per batch when ``niff-export --tune`` measured them, and is empty when
-    the default table chose.
+    ``lowering``: ``separable``, ``kronecker``, ``paired`` or a ``-per-image`` form (matrix products) or
+    ``fft`` (FFT ops). ``timings_ms`` holds every candidate's time per batch when ``niff-export --tune``
+    measured them, and is empty when the default table chose.
     """
 
     layer: str

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from niff_contract import INPUT_NAME, OUTPUT_NAME
+from niff_export import per_image
 from niff_export.errors import ExportError
 
 # The ONNX DFT op exists from opset 20; the matmul lowering only needs long-standing ops.
@@ -39,6 +40,7 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, lowering: st
     try:
         with _quiet(), torch.no_grad():
             if lowering == "matmul":
+                per_image_layers = per_image.number(model)
                 torch.onnx.export(
                     model,
                     (example,),
@@ -48,7 +50,10 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, lowering: st
                     output_names=[OUTPUT_NAME],
                     dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                     opset_version=opset,
+                    custom_opsets={per_image.DOMAIN: 1} if per_image_layers else None,
                 )
+                if per_image_layers:
+                    onnx.save(per_image.expand(onnx.load(str(path)), per_image_layers, opset), str(path))
                 exporter = "torch.onnx (TorchScript-based)"
             else:
                 batch = torch.export.Dim("batch", min=1, max=4096)

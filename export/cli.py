@@ -140,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tune",
         action="store_true",
-        help="time each spectral layer's candidate lowerings (matmul: separable, kronecker; TorchScript also "
-        "torch.fft) on this machine's runtime at batch 8 (or --max-batch-size if smaller) and keep the fastest; "
+        help="time each spectral layer's candidate lowerings (matmul: separable, paired, kronecker up to 16x16 "
+        "maps, and in ONNX separable-per-image and paired-per-image; TorchScript also torch.fft) on this "
+        "machine's runtime at batch 8 (or --max-batch-size if smaller) and keep the fastest; "
         "without it a default table measured on ONNX Runtime CPU applies. Choices and timings go into niff.json",
     )
     parser.add_argument("--fp16", action="store_true", help="compute in float16 (inputs and outputs stay float32)")

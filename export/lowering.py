@@ -7,12 +7,17 @@ and execution provider runs, on tensor cores too. Within ``matmul`` each layer h
 
 * ``separable`` — the 2-D transform as one product per axis (four GEMMs in all);
 * ``kronecker`` — the 2-D transform as one product with the Kronecker matrix of the two axes (two
-  GEMMs; the matrix grows as n⁴, so this pays for small maps only).
+  GEMMs; the matrix grows as n⁴, so this pays for small maps only);
+* ``paired`` — real transforms along both axes, the spectrum as pairs of opposite frequencies: half
+  the GEMM work of ``separable`` for three light passes over the spectrum, so it pays on large maps;
+* ``separable-per-image``, ``paired-per-image`` — the same, run one image at a time in ONNX (a
+  ``Scan`` over the batch, per_image.py); chosen by ``--tune`` only.
 
-Both keep the spectrum as three real blocks ``[Xr, Xi, Xr + Xi]`` (Gauss's three-multiplication
-complex product): the filter is applied by one elementwise ``Mul`` (or, for a full layer, one batched
-real matmul per block) and the inverse transform's matrix recombines ``Yr = k1 − k2``,
-``Yi = k3 − k1 − k2``, so no complex arithmetic, slicing or concatenation is left between the GEMMs.
+``separable`` and ``kronecker`` keep the spectrum as three real blocks ``[Xr, Xi, Xr + Xi]``
+(Gauss's three-multiplication complex product): the filter is applied by one elementwise ``Mul``
+(or, for a full layer, one batched real matmul per block) and the inverse transform's matrix
+recombines ``Yr = k1 − k2``, ``Yi = k3 − k1 − k2``, so no complex arithmetic, slicing or
+concatenation is left between the GEMMs.
 Every reshape keeps the batch axis first and symbolic, so ONNX Runtime can infer every shape and keep
 fusing the neighbouring convolutions with their residual additions and activations.
 """
@@ -25,14 +30,21 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from niff_export import per_image
 from niff_export.spectral import FixedSpectrum, SpectralConv, SpectralMix
 
 # How each artifact format computes the transforms, per --fft choice.
 LOWERINGS: tuple[str, ...] = ("matmul", "dft", "torch")
-# Per-layer lowerings: the matmul family's two, and "fft" (the baked layer itself, torch.fft).
-LAYER_LOWERINGS: tuple[str, ...] = ("separable", "kronecker", "fft")
-# Largest map side for which the Kronecker form is the default (ONNX Runtime CPU, docs/benchmarks.md).
+# Per-layer lowerings: the matmul family's, those run one image at a time in ONNX (per_image.py), and
+# "fft" (the baked layer itself, torch.fft).
+PER_IMAGE_LOWERINGS: tuple[str, ...] = ("separable" + per_image.SUFFIX, "paired" + per_image.SUFFIX)
+LAYER_LOWERINGS: tuple[str, ...] = ("separable", "kronecker", "paired", *PER_IMAGE_LOWERINGS, "fft")
+# Largest map side for which the Kronecker form is the default, and smallest for the paired form
+# (ONNX Runtime CPU, docs/benchmarks.md).
 KRONECKER_MAX_SIZE = 8
+PAIRED_MIN_SIZE = 48
+# Largest map side for which --tune times the Kronecker form (its matrices grow as n⁴: 61 M floats at 56²).
+KRONECKER_TUNE_MAX_SIZE = 16
 
 
 class _ReshapeKeepingBatch(torch.autograd.Function):
@@ -200,7 +212,83 @@ class KroneckerLowering(_Lowered):
         return self.with_bias(y)
 
 
-MATMUL_LOWERINGS: dict[str, type[_Lowered]] = {"separable": SeparableLowering, "kronecker": KroneckerLowering}
+def _paired_weights(n: int) -> Tensor:
+    """Weights of the frequency pairs in the inverse: ½ where a frequency is its own opposite (0; n/2 for even n)."""
+    gamma = torch.ones(n // 2 + 1, dtype=torch.float64)
+    gamma[0] = 0.5
+    if n % 2 == 0:
+        gamma[-1] = 0.5
+    return gamma
+
+
+# The four real coefficients of a frequency pair, in the order (h part, w part) = cc, cs, sc, ss, mixed
+# into the Gauss blocks [Ur, Ui, Ur + Ui, Vr, Vi, Vr + Vi] of U = X(k_h, k_w) and V = X(−k_h, k_w):
+# X(±k_h, k_w) = (cc ∓ ss) − i(cs ± sc).
+_PAIR_BLOCKS = torch.tensor(
+    [[1, 0, 0, -1], [0, -1, -1, 0], [1, -1, -1, -1], [1, 0, 0, 1], [0, -1, 1, 0], [1, -1, 1, 1]], dtype=torch.float64
+)
+# The filtered blocks' Gauss products (k1, k2, k3 of U, then of V) back to the four coefficients of the
+# real inverse transforms: cc = Re(Y_U + Y_V), cs = −Im(Y_U + Y_V), sc = Im(Y_V − Y_U), ss = Re(Y_V − Y_U).
+_PAIR_COEFFICIENTS = torch.tensor(
+    [[1, -1, 0, 1, -1, 0], [1, 1, -1, 1, 1, -1], [1, 1, -1, -1, -1, 1], [-1, 1, 0, 1, -1, 0]], dtype=torch.float64
+)
+
+
+class PairedLowering(_Lowered):
+    """Real transforms along both axes; each frequency pair (k_h, k_w), (−k_h, k_w) as four real coefficients.
+
+    1. ``F_w · xᵀ``: the real transform over w, rows (cos|sin, k_w) — as in ``separable``;
+    2. the real transform over h for the cos and the sin half at once (a broadcast product), giving per
+       map the coefficients [(cos|sin over h), (cos|sin over w), k_w, k_h] for k_h, k_w ≤ n/2;
+    3. one product with a 6×4 matrix: the Gauss blocks of both frequencies of every pair;
+    4. the filter (one Mul; a full layer: one batched matmul per block position);
+    5. one product with a 4×6 matrix: the result's four real coefficients per pair;
+    6. the inverse over w with a transposed operand, then over h: NCHW straight out.
+
+    Each real transform costs about n³ multiply-adds per map where ``separable``'s complex ones cost up
+    to 3n³ (four GEMMs of ~n³ against ~8n³ in all); steps 3–5 are three passes over the spectrum.
+    """
+
+    def __init__(self, layer: FixedSpectrum) -> None:
+        super().__init__(layer)
+        n, m = self.size, self.size // 2 + 1
+        cos, sin = _trig(n)
+        real_w = torch.cat([cos[:m], sin[:m]])  # [(cos|sin, k_w), w]
+        self.register_buffer("forward_w", real_w.float())
+        self.register_buffer("forward_h", torch.stack([cos[:, :m], sin[:, :m]]).float())  # [cos|sin, h, k_h]
+        self.register_buffer("pair_blocks", _PAIR_BLOCKS.float())
+        self.register_buffer("pair_coefficients", _PAIR_COEFFICIENTS.float())
+        self.register_buffer("inverse_w", (real_w * _half_weights(n).repeat(2)[:, None] / n).float())
+        gamma = _paired_weights(n).repeat(2)[None, :]
+        self.register_buffer("inverse_h", (torch.cat([cos[:, :m], sin[:, :m]], 1) * gamma / n).float())
+        spectrum = layer.complex_spectrum()  # [..., n (k_h), m (k_w)]
+        k_h = torch.arange(m)
+        pair = spectrum[..., k_h, :], spectrum[..., (n - k_h) % n, :]  # H(k_h, k_w), H(−k_h, k_w)
+        blocks = torch.cat(
+            [_gauss_filter(h.transpose(-1, -2).unsqueeze(-3), -3) for h in pair], -3
+        )  # [..., 6, k_w, k_h]
+        if self.mixes:
+            filters = blocks.reshape(*spectrum.shape[:2], 6 * m * m).permute(2, 0, 1)
+        else:
+            filters = blocks.reshape(spectrum.shape[0], 6 * m * m)
+        self.register_buffer("filters", filters.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, m, c, o = self.size, self.size // 2 + 1, self.channels, self.out_channels
+        t = reshape_batch(torch.matmul(self.forward_w, x.transpose(2, 3)), [c, 1, 2 * m, n])
+        coefficients = reshape_batch(torch.matmul(t, self.forward_h), [c, 4, m * m])
+        blocks = reshape_batch(torch.matmul(self.pair_blocks, coefficients), [c, 6 * m * m])
+        filtered = reshape_batch(self.filtered(blocks), [o, 6, m * m])
+        result = reshape_batch(torch.matmul(self.pair_coefficients, filtered), [o, 2, 2 * m, m])
+        z = reshape_batch(torch.matmul(result.transpose(3, 4), self.inverse_w), [o, 2 * m, n])
+        return self.with_bias(torch.matmul(self.inverse_h, z))
+
+
+MATMUL_LOWERINGS: dict[str, type[_Lowered]] = {
+    "separable": SeparableLowering,
+    "kronecker": KroneckerLowering,
+    "paired": PairedLowering,
+}
 
 
 def spectral_layers(model: nn.Module) -> Iterator[tuple[str, FixedSpectrum]]:
@@ -214,13 +302,17 @@ def default_layer_lowering(layer: FixedSpectrum, lowering: str) -> str:
     """The per-layer lowering used without ``--tune``: measured on ONNX Runtime CPU (docs/benchmarks.md)."""
     if lowering != "matmul":
         return "fft"
-    return "kronecker" if layer.size <= KRONECKER_MAX_SIZE else "separable"
+    if layer.size <= KRONECKER_MAX_SIZE:
+        return "kronecker"
+    return "paired" if layer.size >= PAIRED_MIN_SIZE else "separable"
 
 
 def lower_layer(layer: FixedSpectrum, choice: str) -> nn.Module:
     """One baked spectral layer computed the way ``choice`` (one of ``LAYER_LOWERINGS``) says."""
     if choice == "fft":
         return layer
+    if choice in PER_IMAGE_LOWERINGS:
+        return per_image.PerImage(lower_layer(layer, choice.removesuffix(per_image.SUFFIX)))
     if choice not in MATMUL_LOWERINGS:
         raise ValueError(f"unknown layer lowering {choice!r}; expected one of {LAYER_LOWERINGS}")
     return MATMUL_LOWERINGS[choice](layer)

@@ -22,7 +22,14 @@ from torch import nn
 
 from niff_contract import INPUT_NAME, SpectralLayer, TuningRecord
 from niff_export.artifacts import write_onnx
-from niff_export.lowering import default_layer_lowering, lower_layer, spectral_layers
+from niff_export.lowering import (
+    KRONECKER_TUNE_MAX_SIZE,
+    MATMUL_LOWERINGS,
+    PER_IMAGE_LOWERINGS,
+    default_layer_lowering,
+    lower_layer,
+    spectral_layers,
+)
 from niff_export.precision import in_precision
 from niff_export.spectral import FixedSpectrum, SpectralMix
 
@@ -30,13 +37,18 @@ from niff_export.spectral import FixedSpectrum, SpectralMix
 ROUNDS, RUNS_PER_ROUND, WARMUP_RUNS = 5, 3, 3
 
 
-def candidates(fmt: str, lowering: str) -> tuple[str, ...]:
-    """Per-layer lowerings an artifact of ``fmt`` built with the ``--fft`` family ``lowering`` may use."""
-    if lowering == "matmul":
-        return ("separable", "kronecker")
-    if fmt == "torchscript":
-        return ("fft", "separable", "kronecker")
-    return ("fft",)
+def candidates(fmt: str, lowering: str, size: int) -> tuple[str, ...]:
+    """Per-layer lowerings for a ``size``² layer in an artifact of ``fmt`` built with the ``--fft`` family ``lowering``.
+
+    The Kronecker form's n⁴-sized matrices are not worth timing on large maps; running one image at a
+    time is an ONNX-only choice.
+    """
+    if lowering != "matmul" and fmt != "torchscript":
+        return ("fft",)
+    options = [name for name in MATMUL_LOWERINGS if name != "kronecker" or size <= KRONECKER_TUNE_MAX_SIZE]
+    if fmt == "onnx":
+        options += PER_IMAGE_LOWERINGS
+    return tuple(options) if lowering == "matmul" else ("fft", *options)
 
 
 def _signature(layer: FixedSpectrum) -> tuple[str, int, int, int]:
@@ -66,11 +78,11 @@ def default_choices(model: nn.Module, lowering: str) -> list[SpectralLayer]:
 
 def tune_layers(model: nn.Module, fmt: str, lowering: str, *, batch: int, fp16: bool = False) -> list[SpectralLayer]:
     """Every spectral layer with the fastest of its candidates, timed once per distinct layer shape."""
-    options = candidates(fmt, lowering)
     measured: dict[tuple[str, int, int, int], dict[str, float]] = {}
     choices = []
     for name, layer in spectral_layers(model):
         signature = _signature(layer)
+        options = candidates(fmt, lowering, layer.size)
         if signature not in measured:
             measured[signature] = _time_candidates(layer, options, fmt, batch, fp16) if len(options) > 1 else {}
         timings = measured[signature]

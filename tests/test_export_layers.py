@@ -12,16 +12,20 @@ import torch
 from reference_vectors import layer_for, relative_error, vectors
 
 from niff.layers import FreqConv1x1, FreqConvDW, split_conv
-from niff_export import bake, lower
+from niff_export import bake, lower, per_image
 from niff_export.artifacts import write_onnx
 from niff_export.lowering import (
     KRONECKER_MAX_SIZE,
+    KRONECKER_TUNE_MAX_SIZE,
     LAYER_LOWERINGS,
     MATMUL_LOWERINGS,
+    PAIRED_MIN_SIZE,
+    PER_IMAGE_LOWERINGS,
     default_layer_lowering,
     spectral_layers,
 )
 from niff_export.spectral import SpectralConv, SpectralMix, half_spectrum
+from niff_export.tuning import candidates
 
 GOLDEN_LAYERS = [g for g in vectors() if g.is_layer]
 
@@ -50,7 +54,7 @@ def test_baked_layer_matches_reference(golden, choice):
     assert relative_error(out, data["output"]) <= 1e-5
 
 
-@pytest.mark.parametrize("choice", MATMUL_LOWERINGS)
+@pytest.mark.parametrize("choice", [*MATMUL_LOWERINGS, *PER_IMAGE_LOWERINGS])
 @pytest.mark.parametrize("golden", [g for g in GOLDEN_LAYERS if g.meta["C"] == 16], ids=lambda g: g.file)
 def test_onnx_layer_matches_reference(golden, choice, tmp_path):
     layer, data = _loaded(golden)
@@ -114,7 +118,7 @@ def test_matmul_mix_equals_fft_mix(choice, size):
         np.testing.assert_allclose(model(x).numpy(), mix(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("choice", MATMUL_LOWERINGS)
+@pytest.mark.parametrize("choice", [*MATMUL_LOWERINGS, *PER_IMAGE_LOWERINGS])
 @pytest.mark.parametrize("mixes", [False, True], ids=["depthwise", "full"])
 def test_lowered_layer_keeps_the_batch_dimension_symbolic(choice, mixes, tmp_path):
     """ONNX shape inference must see the layer's output batch as the input's, so runtimes keep fusing around it."""
@@ -128,7 +132,16 @@ def test_lowered_layer_keeps_the_batch_dimension_symbolic(choice, mixes, tmp_pat
     dims = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
     batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param
     assert batch and dims == [batch, 6 if mixes else 4, 9, 9]
-    assert {node.op_type for node in graph.node} <= {"MatMul", "Mul", "Reshape", "Transpose", "Constant"}
+    products = {"MatMul", "Mul", "Reshape", "Transpose", "Constant"}
+    if choice in PER_IMAGE_LOWERINGS:
+        (scan,) = graph.node
+        assert scan.op_type == "Scan" and not any(
+            entry.domain == per_image.DOMAIN for entry in onnx.load(str(path)).opset_import
+        )
+        body = onnx.helper.get_attribute_value(next(a for a in scan.attribute if a.name == "body"))
+        assert {node.op_type for node in body.node} <= products | {"Unsqueeze", "Squeeze"}
+    else:
+        assert {node.op_type for node in graph.node} <= products
 
 
 def test_default_table():
@@ -137,9 +150,33 @@ def test_default_table():
 
     assert default_layer_lowering(layer(KRONECKER_MAX_SIZE), "matmul") == "kronecker"
     assert default_layer_lowering(layer(KRONECKER_MAX_SIZE + 1), "matmul") == "separable"
+    assert default_layer_lowering(layer(PAIRED_MIN_SIZE - 1), "matmul") == "separable"
+    assert default_layer_lowering(layer(PAIRED_MIN_SIZE), "matmul") == "paired"
     assert default_layer_lowering(layer(56), "torch") == default_layer_lowering(layer(4), "dft") == "fft"
     model = torch.nn.Sequential(layer(4), layer(14))
     with pytest.raises(ValueError, match="unknown layer lowering 'cufft'"):
         lower(model, "matmul", {"0": "cufft"})
     chosen = lower(model, "matmul", {"1": "kronecker"})
     assert [type(m).__name__ for m in chosen] == ["KroneckerLowering", "KroneckerLowering"]
+
+
+@pytest.mark.parametrize("choice", PER_IMAGE_LOWERINGS)
+def test_per_image_layers_run_the_whole_batch_in_torchscript(choice):
+    """Only ONNX loops over the batch; TorchScript scripts the wrapped lowering and gets the same result."""
+    generator = torch.Generator().manual_seed(0)
+    full = torch.complex(*(torch.randn(4, 9, 9, generator=generator, dtype=torch.float64) for _ in range(2)))
+    layer = SpectralConv(half_spectrum(full))
+    model = lowered(torch.nn.Sequential(copy.deepcopy(layer)), choice).eval()
+    x = torch.randn(3, 4, 9, 9, generator=generator)
+    with torch.no_grad():
+        scripted = torch.jit.script(model)(x)
+        assert relative_error(scripted, layer(x)) <= 1e-5
+    assert "Scan" not in str(torch.jit.script(model).inlined_graph)
+
+
+def test_tuning_candidates():
+    assert candidates("onnx", "matmul", KRONECKER_TUNE_MAX_SIZE) == (*MATMUL_LOWERINGS, *PER_IMAGE_LOWERINGS)
+    assert "kronecker" not in candidates("onnx", "matmul", KRONECKER_TUNE_MAX_SIZE + 1)
+    assert candidates("torchscript", "matmul", 7) == tuple(MATMUL_LOWERINGS)
+    assert candidates("torchscript", "torch", 56) == ("fft", "separable", "paired")
+    assert candidates("onnx", "dft", 7) == ("fft",)

@@ -19,7 +19,8 @@ import niff
 from niff_contract import parse_config, sha256_file
 from niff_export import FORMATS, bake, export_checkpoint, export_model, lower, lowering_for
 from niff_export.artifacts import write_onnx
-from niff_export.lowering import KRONECKER_MAX_SIZE, MATMUL_LOWERINGS, spectral_layers
+from niff_export.lowering import MATMUL_LOWERINGS, PER_IMAGE_LOWERINGS, default_layer_lowering, spectral_layers
+from niff_export.tuning import candidates
 
 SMALL = 32
 
@@ -106,7 +107,7 @@ def test_every_lowering(small_model, tmp_path):
     assert "DFT" in ops["dft"] and "DFT" not in ops["matmul"] and "MatMul" in ops["matmul"]
 
 
-@pytest.mark.parametrize("choice", MATMUL_LOWERINGS)
+@pytest.mark.parametrize("choice", [*MATMUL_LOWERINGS, *PER_IMAGE_LOWERINGS])
 @pytest.mark.parametrize("name", ["resnet18_full", "mobilenet_v2"])
 def test_every_layer_lowering_on_whole_models(name, choice, tmp_path):
     """Each per-layer lowering, forced on every spectral layer (depthwise or full), exported and run in ONNX Runtime."""
@@ -126,15 +127,16 @@ def test_tune_times_every_candidate_and_keeps_the_fastest(small_model, tmp_path)
     result = export_model(small_model, SMALL, tmp_path, tune=True, max_batch_size=4)
     assert result.parity.passed
     meta = json.loads((result.path / "niff.json").read_text())
-    expected = {"onnx": {"separable", "kronecker"}, "torchscript": {"fft", "separable", "kronecker"}}
-    names = [name for name, _ in spectral_layers(bake(small_model, SMALL))]
+    baked = dict(spectral_layers(bake(small_model, SMALL)))
+    names = list(baked)
     for fmt, info in meta["artifacts"].items():
         assert info["tuning"]["batch"] == 4
         layers = info["spectral_layers"]
         assert [layer["layer"] for layer in layers] == names
         for layer in layers:
             timings = layer["timings_ms"]
-            assert set(timings) == expected[fmt] and all(t > 0 for t in timings.values())
+            expected = candidates(fmt, lowering_for(fmt, None), layer["map_size"])
+            assert set(timings) == set(expected) and all(t > 0 for t in timings.values())
             assert layer["lowering"] == min(timings, key=timings.get)
     script_graph = str(torch.jit.load(str(result.path / "1" / "model.pt")).inlined_graph)
     torchscript_layers = meta["artifacts"]["torchscript"]["spectral_layers"]
@@ -191,7 +193,10 @@ def test_repository_files_describe_the_model(small_model, tmp_path):
     assert len(layers) == len(list(spectral_layers(bake(small_model, SMALL)))) > 0
     for layer in layers:
         assert layer["kind"] == "depthwise" and layer["timings_ms"] == {}
-        assert layer["lowering"] == ("kronecker" if layer["map_size"] <= KRONECKER_MAX_SIZE else "separable")
+    baked_layers = dict(spectral_layers(bake(small_model, SMALL)))
+    assert [layer["lowering"] for layer in layers] == [
+        default_layer_lowering(baked_layers[layer["layer"]], "matmul") for layer in layers
+    ]
     assert {layer["lowering"] for layer in meta["artifacts"]["torchscript"]["spectral_layers"]} == {"fft"}
     assert {"torch", "onnx", "onnxruntime", "niff"} <= meta["versions"].keys()
     assert (result.path / "labels.txt").read_text().splitlines() == [f"c{i}" for i in range(10)]
