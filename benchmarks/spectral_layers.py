@@ -4,8 +4,8 @@ Part 1, one layer: every per-layer lowering of a depthwise spectral layer at the
 (56²×64, 28²×128, 14²×256, 7²×512) against a dense 3×3 convolution of the same shape, a 7×7
 depthwise convolution with circular padding and a 1×1 convolution.
 Part 2, whole models: resnet18_split and resnet50_split exported the way niff-export does it (default
-table, or --tune) against the plain ResNets (torchvision's structure, built with torch.nn), and
-convnext_tiny against ConvNeXt-T with its 7×7 depthwise convolutions.
+table; with --tune also the --tune export, in the same rounds) against the plain ResNets (torchvision's
+structure, built with torch.nn), and convnext_tiny against ConvNeXt-T with its 7×7 depthwise convolutions.
 
 Candidates run in interleaved rounds; each round times every candidate --runs times and keeps the
 median, and each table cell is the median over rounds (times, and per-round ratios to the group's
@@ -187,33 +187,50 @@ def model_part(args: argparse.Namespace, tmp: Path) -> None:
     for arch, kernel in MODELS:
         if args.models and arch not in args.models:
             continue
-        lowered, model, summary = exported_model(arch, args.size, args.tune, args.batch)
+        exports = {"default table": exported_model(arch, args.size, False, args.batch)}
+        if args.tune:
+            exports["--tune"] = exported_model(arch, args.size, True, args.batch)
+        model = exports["default table"][1]
         twin = spatial_twin(model, kernel)
         x = torch.randn(args.batch, 3, args.size, args.size)
         with torch.no_grad():
-            error = float((lowered(x[:2]) - model(x[:2])).norm() / model(x[:2]).norm())
+            reference = model(x[:2])
+            errors = {
+                name: float((lowered(x[:2]) - reference).norm() / reference.norm())
+                for name, (lowered, _, _) in exports.items()
+            }
         groups: dict[str, dict[str, Runner]] = {}
         if args.device == "cpu" or gpu_ort:
             runtime = "ONNX Runtime " + ("CUDA" if args.device == "cuda" else f"CPU, {args.threads} threads")
-            groups[runtime] = {
-                "twin": onnx_runner(twin, x, tmp / f"{arch}_twin.onnx", args.threads, args.device == "cuda"),
-                "niff": onnx_runner(lowered, x, tmp / f"{arch}_niff.onnx", args.threads, args.device == "cuda"),
-            }
+            cuda = args.device == "cuda"
+            groups[runtime] = {"twin": onnx_runner(twin, x, tmp / f"{arch}_twin.onnx", args.threads, cuda)}
+            for i, (name, (lowered, _, _)) in enumerate(exports.items()):
+                groups[runtime][name] = onnx_runner(lowered, x, tmp / f"{arch}_niff{i}.onnx", args.threads, cuda)
         if args.device == "cuda":
             xg = x.cuda()
             for precision in ("fp32", "fp16"):
-                groups[f"TorchScript CUDA {precision}"] = {
-                    "twin": torchscript_runner(copy.deepcopy(twin).cuda(), xg, precision == "fp16"),
-                    "niff": torchscript_runner(copy.deepcopy(lowered).cuda(), xg, precision == "fp16"),
-                }
+                group = {"twin": torchscript_runner(copy.deepcopy(twin).cuda(), xg, precision == "fp16")}
+                for name, (lowered, _, _) in exports.items():
+                    group[name] = torchscript_runner(copy.deepcopy(lowered).cuda(), xg, precision == "fp16")
+                groups[f"TorchScript CUDA {precision}"] = group
         for runtime, runners in groups.items():
-            result = interleaved(runners, "niff", args.rounds, args.runs, args.clock)
-            (niff_ms, _), (twin_ms, twin_ratio) = result["niff"], result["twin"]
-            rows.append(
-                [arch, runtime, summary, f"{error:.1e}", f"{niff_ms:.1f}", f"{twin_ms:.1f}", f"**{twin_ratio:.3f}×**"]
-            )
-    header = ["model", "runtime", "spectral layers", "rel. err", "NIFF ms", "twin ms", "speed vs twin"]
-    title = f"Whole models, {args.size}², batch {args.batch} (speed vs twin: median of per-round twin/NIFF time):"
+            result = interleaved(runners, "twin", args.rounds, args.runs, args.clock)
+            for name, (_, _, summary) in exports.items():
+                (niff_ms, ratio), twin_ms = result[name], result["twin"][0]
+                rows.append(
+                    [
+                        arch,
+                        runtime,
+                        name,
+                        summary,
+                        f"{errors[name]:.1e}",
+                        f"{niff_ms:.1f}",
+                        f"{twin_ms:.1f}",
+                        f"**{1 / ratio:.3f}×**",
+                    ]
+                )
+    header = ["model", "runtime", "lowerings by", "spectral layers", "rel. err", "NIFF ms", "twin ms", "speed vs twin"]
+    title = f"Whole models, {args.size}², batch {args.batch} (speed vs twin: 1 / median of per-round NIFF/twin time):"
     print_table(title, header, rows)
 
 
@@ -229,7 +246,9 @@ def main() -> None:
     parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="wall clock (default) or process CPU time"
     )
-    parser.add_argument("--tune", action="store_true", help="whole models: lowerings by --tune, not the default table")
+    parser.add_argument(
+        "--tune", action="store_true", help="whole models: also the export with lowerings by --tune, in the same rounds"
+    )
     parser.add_argument("--models", nargs="*", metavar="ARCH", help="whole models to run (default: all three)")
     parser.add_argument("--skip-layers", action="store_true", help="only the whole models")
     parser.add_argument("--skip-models", action="store_true", help="only the single layers")
