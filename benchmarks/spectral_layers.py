@@ -39,10 +39,10 @@ from twins import spatial_twin
 import niff
 from niff_export import bake, lower
 from niff_export.artifacts import write_onnx
-from niff_export.lowering import KRONECKER_TUNE_MAX_SIZE, MATMUL_LOWERINGS, PER_IMAGE_LOWERINGS, lower_layer
+from niff_export.lowering import lower_layer
 from niff_export.precision import HalfPrecision
 from niff_export.spectral import SpectralConv, half_spectrum
-from niff_export.tuning import default_choices, tune_layers
+from niff_export.tuning import candidates, default_choices, tune_layers
 
 LAYER_SHAPES = ((56, 64), (28, 128), (14, 256), (7, 512))
 MODELS = (("resnet18_split", 3), ("resnet50_split", 3), ("convnext_tiny", 7))  # (arch, twin's depthwise kernel)
@@ -122,9 +122,8 @@ def spectral_layer(channels: int, size: int) -> SpectralConv:
 def layer_modules(channels: int, size: int, onnx: bool) -> dict[str, nn.Module]:
     layer = spectral_layer(channels, size)
     modules: dict[str, nn.Module] = {"dense 3x3": nn.Conv2d(channels, channels, 3, padding=1, bias=False)}
-    for name in (*MATMUL_LOWERINGS, *(PER_IMAGE_LOWERINGS if onnx else ())):
-        if name != "kronecker" or size <= KRONECKER_TUNE_MAX_SIZE:
-            modules[f"spectral, {name}"] = nn.Sequential(lower_layer(layer, name))
+    for name in candidates("onnx" if onnx else "torchscript", "matmul", size):
+        modules[f"spectral, {name}"] = nn.Sequential(lower_layer(layer, name))
     modules["depthwise 7x7 circular"] = CircularDepthwise(channels, 7)
     modules["1x1"] = nn.Conv2d(channels, channels, 1, bias=False)
     return modules

@@ -212,15 +212,6 @@ class KroneckerLowering(_Lowered):
         return self.with_bias(y)
 
 
-def _paired_weights(n: int) -> Tensor:
-    """Weights of the frequency pairs in the inverse: ½ where a frequency is its own opposite (0; n/2 for even n)."""
-    gamma = torch.ones(n // 2 + 1, dtype=torch.float64)
-    gamma[0] = 0.5
-    if n % 2 == 0:
-        gamma[-1] = 0.5
-    return gamma
-
-
 # The four real coefficients of a frequency pair, in the order (h part, w part) = cc, cs, sc, ss, mixed
 # into the Gauss blocks [Ur, Ui, Ur + Ui, Vr, Vi, Vr + Vi] of U = X(k_h, k_w) and V = X(−k_h, k_w):
 # X(±k_h, k_w) = (cc ∓ ss) − i(cs ± sc).
@@ -253,14 +244,15 @@ class PairedLowering(_Lowered):
         super().__init__(layer)
         n, m = self.size, self.size // 2 + 1
         cos, sin = _trig(n)
-        real_w = torch.cat([cos[:m], sin[:m]])  # [(cos|sin, k_w), w]
+        real_w, real_h = torch.cat([cos[:m], sin[:m]]), (cos[:, :m], sin[:, :m])  # [(cos|sin, k_w), w], [h, k_h]
         self.register_buffer("forward_w", real_w.float())
-        self.register_buffer("forward_h", torch.stack([cos[:, :m], sin[:, :m]]).float())  # [cos|sin, h, k_h]
+        self.register_buffer("forward_h", torch.stack(real_h).float())  # [cos|sin, h, k_h]
         self.register_buffer("pair_blocks", _PAIR_BLOCKS.float())
         self.register_buffer("pair_coefficients", _PAIR_COEFFICIENTS.float())
-        self.register_buffer("inverse_w", (real_w * _half_weights(n).repeat(2)[:, None] / n).float())
-        gamma = _paired_weights(n).repeat(2)[None, :]
-        self.register_buffer("inverse_h", (torch.cat([cos[:, :m], sin[:, :m]], 1) * gamma / n).float())
+        alpha = _half_weights(n).repeat(2)
+        self.register_buffer("inverse_w", (real_w * alpha[:, None] / n).float())
+        # Each pair holds k_h and −k_h, so the inverse over h weighs it α/2: ½ where k_h is its own opposite.
+        self.register_buffer("inverse_h", (torch.cat(real_h, 1) * alpha[None, :] / (2 * n)).float())
         spectrum = layer.complex_spectrum()  # [..., n (k_h), m (k_w)]
         k_h = torch.arange(m)
         pair = spectrum[..., k_h, :], spectrum[..., (n - k_h) % n, :]  # H(k_h, k_w), H(−k_h, k_w)
