@@ -108,6 +108,13 @@ class Reference:
     def probabilities(self, model: str, data: bytes) -> np.ndarray:
         return softmax(self.logits(model, self.preprocess(model, data)[None]))[0]
 
+    def assert_answers(self, model: str, data: bytes, response: httpx.Response) -> None:
+        """``response`` is a 200 classify answer for ``data`` that lists every class's probability, best first."""
+        assert response.status_code == 200, response.text
+        top = response.json()["predictions"][0]["top_k"]
+        expected = np.sort(self.probabilities(model, data))[::-1]
+        np.testing.assert_allclose([c["probability"] for c in top], expected, atol=1e-5)
+
 
 @pytest.fixture(scope="session")
 def reference(repository: Path) -> Reference:
