@@ -1,9 +1,12 @@
 """Reading a model folder as a sandbox: every file it names resolves inside it, is a regular file, and
-is read within a size limit; every artifact has a sha256 that is checked before it is loaded.
+is read within a size limit; every artifact has a sha256 that is checked before it is loaded, and the
+labels file's sha256 (when niff.json records one) is checked when the folder is read.
 
 A model folder may come from anywhere (a volume, an init container, a download), so nothing in it is
 trusted: ``labels_file: /dev/zero``, ``../../secret`` or a symlink out of the folder is a start-up
-error naming the folder and the file, not something the server reads or serves.
+error naming the folder and the file, not something the server reads or serves. However a file fails
+to parse (bad UTF-8, JSON nested 100,000 deep, a 5,000-digit number, protobuf text errors), the error
+is a ContractError of one line.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from niff_contract.errors import ContractError
+from niff_contract.errors import MAX_DETAIL, ContractError, one_line
 from niff_contract.schema import ArtifactKind, Manifest, check_model_name, parse_manifest
 from niff_contract.triton_config import ModelConfig, check_config, parse_config
 
@@ -24,6 +27,7 @@ MANIFEST_FILE = "niff.json"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_CONFIG_BYTES = 1 << 20
 MAX_LABELS_BYTES = 16 << 20
+MAX_MESSAGE = 1000  # a folder's error message is cut to this many characters
 
 
 @dataclass(frozen=True)
@@ -77,14 +81,20 @@ def scan_repository(root: Path) -> list[ModelFolder]:
     """Every model folder under ``root``, validated; any unusable folder is an error, not a skip."""
     if not root.is_dir():
         raise ContractError(f"model repository {str(root)!r} is not a directory")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise ContractError(f"model repository {str(root)!r} cannot be listed: {exc.strerror or exc}") from None
     if not folders:
         raise ContractError(f"model repository {str(root)!r} holds no model folders")
     return [read_model_folder(folder) for folder in folders]
 
 
 def read_model_folder(path: Path) -> ModelFolder:
-    """Read and cross-check ``niff.json``, ``config.pbtxt``, the labels file and the artifact files."""
+    """Read and cross-check ``niff.json``, ``config.pbtxt``, the labels file and the artifact files.
+
+    Every failure is a ContractError of one line that names the folder.
+    """
     where = f"model folder {str(path)!r}"
     try:
         check_model_name(path.name)
@@ -97,23 +107,42 @@ def read_model_folder(path: Path) -> ModelFolder:
                 raise ContractError(f"{kind} artifact {record.path!r} is empty")
         config = parse_config(read_text(root, CONFIG_FILE, MAX_CONFIG_BYTES))
         check_config(config, manifest)
-        labels = parse_labels(read_text(root, manifest.labels_file, MAX_LABELS_BYTES), manifest.num_classes)
+        labels = _labels(root, manifest)
     except ContractError as exc:
-        raise ContractError(f"{where}: {exc}") from None
+        raise ContractError(one_line(f"{where}: {exc}", MAX_MESSAGE)) from None
     except OSError as exc:
-        raise ContractError(f"{where}: {exc.strerror or exc}") from None
+        raise ContractError(one_line(f"{where}: {exc.strerror or exc}", MAX_MESSAGE)) from None
+    except (ValueError, RecursionError, RuntimeError) as exc:  # what a hostile file can still provoke
+        raise ContractError(one_line(f"{where}: cannot be read: {type(exc).__name__}: {exc}", MAX_MESSAGE)) from None
     return ModelFolder(name=path.name, path=root, manifest=manifest, config=config, labels=labels)
+
+
+def _labels(root: Path, manifest: Manifest) -> tuple[str, ...]:
+    """The labels file's class names, after checking the bytes just read against niff.json's sha256."""
+    data = read_bytes(root, manifest.labels_file, MAX_LABELS_BYTES)
+    labels = parse_labels(_decode(data, manifest.labels_file), manifest.num_classes)
+    # Absent only in folders of earlier exporters (niff-export always writes it): accepted for them alone.
+    expected = manifest.labels_sha256
+    found = hashlib.sha256(data).hexdigest()
+    if expected is not None and found != expected:
+        raise ContractError(
+            f"{manifest.labels_file} changed after export: its sha256 is {found}, niff.json records {expected}; "
+            "restore the file or export the model again"
+        )
+    return labels
 
 
 def inside(root: Path, relative: str) -> Path:
     """``relative`` under ``root``, refused unless it is a relative path to a regular file inside ``root``."""
     parts = PurePosixPath(relative).parts
-    if PurePosixPath(relative).is_absolute() or ".." in parts or "\\" in relative:
+    if PurePosixPath(relative).is_absolute() or ".." in parts or "\\" in relative or "\x00" in relative:
         raise ContractError(f"{relative!r} must be a relative path inside the model folder")
     try:
         resolved = (root / relative).resolve(strict=True)
     except FileNotFoundError:
         raise ContractError(f"{relative!r} is missing") from None
+    except RuntimeError:  # Python before 3.13: a symlink loop (3.13 raises OSError ELOOP)
+        raise ContractError(f"{relative!r} is a symlink loop") from None
     if not resolved.is_relative_to(root.resolve()):
         raise ContractError(f"{relative!r} leads out of the model folder (to {str(resolved)!r})")
     if not stat.S_ISREG(resolved.stat().st_mode):
@@ -121,13 +150,22 @@ def inside(root: Path, relative: str) -> Path:
     return resolved
 
 
-def read_text(root: Path, relative: str, limit: int) -> str:
-    """A UTF-8 text file inside ``root``, at most ``limit`` bytes."""
+def read_bytes(root: Path, relative: str, limit: int) -> bytes:
+    """A file inside ``root``, at most ``limit`` bytes."""
     path = inside(root, relative)
     with path.open("rb") as file:
         data = file.read(limit + 1)
     if len(data) > limit:
         raise ContractError(f"{relative} is larger than {limit} bytes")
+    return data
+
+
+def read_text(root: Path, relative: str, limit: int) -> str:
+    """A UTF-8 text file inside ``root``, at most ``limit`` bytes."""
+    return _decode(read_bytes(root, relative, limit), relative)
+
+
+def _decode(data: bytes, relative: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -139,6 +177,10 @@ def _json(text: str) -> object:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ContractError(f"niff.json is not JSON: {exc}") from None
+    except RecursionError:
+        raise ContractError("niff.json is nested too deeply to read (arrays or objects inside each other)") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ContractError(f"niff.json cannot be read: {one_line(str(exc), MAX_DETAIL)}") from None
 
 
 def parse_labels(text: str, num_classes: int | None = None) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from niff_contract.errors import ContractError
+from niff_contract.errors import ContractError, one_line
 from niff_contract.preprocessing_spec import Preprocessing
 
 FORMAT_VERSION = 2
@@ -27,9 +27,12 @@ TRITON_PLATFORMS: dict[ArtifactKind, str] = {"onnx": "onnxruntime_onnx", "torchs
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 LABELS_FILE = "labels.txt"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 # Model names travel in URL paths and name folders: one safe segment.
 MAX_NAME_LENGTH = 128
+MAX_KEY = 80  # the longest key of a file quoted in an error message
+MAX_ERRORS = 10  # problems of niff.json listed in one message
 _MODEL_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_NAME_LENGTH - 1}}}")
 NAME_RULE = f"letters, digits, '_', '.' and '-', starting with a letter or digit, at most {MAX_NAME_LENGTH} characters"
 
@@ -80,7 +83,7 @@ class ArtifactRecord(_Record):
     """One model file: where it is, how it was made, and its sha256 (checked before it is loaded)."""
 
     path: str = Field(min_length=1)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=SHA256_PATTERN)
     lowering: str | None = None
     fp16: bool = False
     exporter: str | None = None
@@ -147,12 +150,14 @@ class CompactRecord(_Record):
 
 class CheckpointRecord(_Record):
     file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=SHA256_PATTERN)
 
 
 class Manifest(_Record):
     """Everything in ``niff.json``. niff-export writes every field; a folder made by other means needs
-    only what serving reads (name, classes, tensors, preprocessing, batch size, artifacts with sha256)."""
+    only what serving reads (name, classes, tensors, preprocessing, batch size, artifacts with sha256).
+    ``labels_sha256`` is optional only so that folders of earlier exporters still load; niff-export
+    always writes it."""
 
     format_version: Literal[1, 2] = FORMAT_VERSION
     name: str
@@ -165,6 +170,12 @@ class Manifest(_Record):
     output: TensorSpec
     preprocessing: Preprocessing
     labels_file: str = LABELS_FILE
+    labels_sha256: str | None = Field(
+        None,
+        pattern=SHA256_PATTERN,
+        description="The labels file's sha256, checked when the folder is read; niff-export writes it, and "
+        "only folders of earlier exporters lack it (accepted for them alone).",
+    )
     max_batch_size: PositiveInt
     artifacts: dict[ArtifactKind, ArtifactRecord]
     parity: Parity | None = None
@@ -184,7 +195,7 @@ class Manifest(_Record):
         if not self.artifacts:
             raise ValueError(f"artifacts names none of {', '.join(ARTIFACT_KINDS)}")
         for kind, record in self.artifacts.items():
-            if PurePosixPath(record.path).parts[0] != str(self.version):
+            if PurePosixPath(record.path).parts[:1] != (str(self.version),):
                 raise ValueError(
                     f"artifacts.{kind}.path {record.path!r} is not in the folder of version {self.version} "
                     f"('{self.version}/', Triton's layout)"
@@ -213,17 +224,24 @@ def parse_manifest(data: Any) -> Manifest:
         )
     try:
         return Manifest.model_validate(data)
+    except RecursionError:
+        raise ContractError("niff.json is nested too deeply to validate") from None
     except ValidationError as exc:
         hint = "; it was written in format 1: re-export it with this niff-export" if version == 1 else ""
-        raise ContractError(f"niff.json: {describe_errors(exc.errors())}{hint}") from None
+        raise ContractError(f"niff.json: {describe_errors(exc.errors(), limit=MAX_ERRORS)}{hint}") from None
 
 
-def describe_errors(errors: Iterable[Mapping[str, Any]], name_of: Callable[[str], str] = str) -> str:
-    """Pydantic error dicts as ``location: message; ...``; ``name_of`` renames the top-level field."""
+def describe_errors(
+    errors: Iterable[Mapping[str, Any]], name_of: Callable[[str], str] = str, limit: int | None = None
+) -> str:
+    """Pydantic error dicts as ``location: message; ...`` on one line (every one, or the first ``limit``);
+    ``name_of`` renames the top-level field."""
+    errors = list(errors)
     lines = []
-    for item in errors:
-        loc = [str(part) for part in item["loc"]]
+    for item in errors[:limit]:
+        loc = [one_line(str(part), MAX_KEY) for part in item["loc"]]  # keys come from the file: escaped, cut
         where = ".".join([name_of(loc[0]), *loc[1:]]) if loc else ""
-        message = item["msg"].removeprefix("Value error, ")
+        message = one_line(item["msg"].removeprefix("Value error, "))
         lines.append(f"{where}: {message}" if where else message)
-    return "; ".join(lines)
+    more = f"; and {len(errors) - limit} more" if limit is not None and len(errors) > limit else ""
+    return "; ".join(lines) + more

@@ -15,7 +15,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2
 
-from niff_contract.errors import ContractError
+from niff_contract.errors import MAX_DETAIL, ContractError, one_line
 from niff_contract.schema import LABELS_FILE, Manifest
 
 ModelConfig = model_config_pb2.ModelConfig
@@ -47,10 +47,12 @@ def config_text(config: ModelConfig) -> str:
 
 
 def parse_config(text: str) -> ModelConfig:
+    """The configuration in ``text``; a ContractError of one line (the parser's message cut short) otherwise."""
     try:
         return text_format.Parse(text, ModelConfig())
-    except text_format.ParseError as exc:
-        raise ContractError(f"config.pbtxt is not a Triton model configuration: {exc}") from None
+    except (text_format.ParseError, ValueError, RecursionError) as exc:
+        detail = one_line(str(exc) or type(exc).__name__, MAX_DETAIL)
+        raise ContractError(f"config.pbtxt is not a Triton model configuration: {detail}") from None
 
 
 def config_json(config: ModelConfig) -> dict[str, Any]:

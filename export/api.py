@@ -372,8 +372,12 @@ def _write(
     agreement: AgreementReport | None,
     checkpoint: str | os.PathLike[str] | None,
 ) -> Manifest:
-    """niff.json, config.pbtxt and labels.txt from the contract's records, into the staging folder."""
+    """niff.json, config.pbtxt and labels.txt from the contract's records, into the staging folder.
+
+    niff.json records the sha256 of each file it names, the labels file's as the artifacts'.
+    """
     options, spec = plan.options, getattr(plan.model, "niff_spec", None)
+    staging.write_text(LABELS_FILE, labels_text(plan.labels))
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         name=plan.name,
@@ -385,6 +389,8 @@ def _write(
         input=TensorSpec(name=INPUT_NAME, shape=(3, plan.size, plan.size), layout="NCHW"),
         output=TensorSpec(name=OUTPUT_NAME, shape=(plan.num_classes,)),
         preprocessing=plan.preprocessing,
+        labels_file=LABELS_FILE,
+        labels_sha256=sha256_file(staging.path / LABELS_FILE),
         max_batch_size=options.max_batch_size,
         artifacts={
             fmt: ArtifactRecord(**artifact, sha256=sha256_file(staging.path / artifact["path"]))
@@ -400,7 +406,6 @@ def _write(
         if plan.compact is None or agreement is None
         else plan.compact.record(agreement, None if plan.calibration is None else len(plan.calibration)),
     )
-    staging.write_text(LABELS_FILE, labels_text(plan.labels))
     staging.write_text("config.pbtxt", config_text(model_config(manifest, round(options.max_batch_delay_ms * 1000))))
     staging.write_text("niff.json", manifest.to_json())
     return manifest

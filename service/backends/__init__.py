@@ -12,6 +12,7 @@ import logging
 import numpy as np
 
 from niff_contract import ArtifactKind, ModelFolder
+from niff_contract.errors import one_line
 from niff_serve.backends.base import Backend, BackendKind, DeviceKind
 from niff_serve.errors import ConfigurationError
 from niff_serve.settings import Settings
@@ -19,6 +20,7 @@ from niff_serve.settings import Settings
 logger = logging.getLogger(__name__)
 
 ARTIFACT_OF: dict[BackendKind, ArtifactKind] = {"onnxruntime": "onnx", "torchscript": "torchscript"}
+MAX_MESSAGE = 1000  # a start-up error is one line of at most this many characters
 
 __all__ = ["ARTIFACT_OF", "Backend", "BackendKind", "DeviceKind", "choose_backend", "load_backend", "warm_up"]
 
@@ -64,14 +66,31 @@ def load_backend(folder: ModelFolder, settings: Settings, max_batch_size: int) -
         if kind == "onnxruntime":
             from niff_serve.backends.onnxruntime import OnnxRuntimeBackend
 
-            return OnnxRuntimeBackend(path, device, manifest.input.name, manifest.output.name, settings.backend_threads)
+            return OnnxRuntimeBackend(
+                path,
+                device,
+                manifest.input.name,
+                manifest.output.name,
+                settings.backend_threads,
+                input_shape=manifest.input.shape,
+                output_shape=manifest.output.shape,
+            )
         from niff_serve.backends.torchscript import TorchScriptBackend
 
         return TorchScriptBackend(
             path, device, max_batch_size, manifest.input.shape, folder.num_classes, settings.backend_threads
         )
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"model {folder.name!r}: {exc}") from None
+    except ConfigurationError as exc:  # runtimes' messages span lines; start-up errors are one
+        raise ConfigurationError(one_line(f"model {folder.name!r}: {exc}", MAX_MESSAGE)) from None
+
+
+def runtime_message(exc: Exception) -> str:
+    """A runtime's error as one line: TorchScript's own traceback reduced to its last line (the error
+    itself), ONNX Runtime's lines joined."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback of TorchScript" in str(exc):
+        return lines[-1]
+    return " ".join(lines) or type(exc).__name__
 
 
 def warm_up(backend: Backend, folder: ModelFolder, max_batch_size: int, runs: int = 2) -> None:
@@ -86,7 +105,13 @@ def warm_up(backend: Backend, folder: ModelFolder, max_batch_size: int, runs: in
             try:
                 logits = backend.run(batch)
             except Exception as exc:  # any runtime error here means the artifact cannot serve
-                raise ConfigurationError(f"model {folder.name!r}: warm-up inference failed: {exc}") from None
+                raise ConfigurationError(
+                    one_line(
+                        f"model {folder.name!r}: warm-up inference failed on a float32 {list(batch.shape)} batch "
+                        f"(niff.json's input): {runtime_message(exc)}",
+                        MAX_MESSAGE,
+                    )
+                ) from None
             if logits.shape != (size, folder.num_classes) or logits.dtype != np.float32:
                 raise ConfigurationError(
                     f"model {folder.name!r}: the artifact returns {logits.dtype} {list(logits.shape)}, "

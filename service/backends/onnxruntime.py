@@ -2,6 +2,10 @@
 
 On the GPU the input is copied once into device memory and bound with IO binding, so the runtime does
 not stage it again; the logits are copied back in one transfer.
+
+Before anything runs, the graph's input and output are compared with what niff.json says (names, element
+type, per-image shape), so an ONNX file from another model is refused with one line that says how it
+differs, not with ONNX Runtime's message from the warm-up.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from niff_serve.backends.base import Backend, DeviceKind
 from niff_serve.errors import ConfigurationError
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
+FLOAT32 = "tensor(float)"
 
 
 def cuda_device_count() -> int:
@@ -47,10 +52,46 @@ def cuda_available() -> bool:
     return CUDA_PROVIDER in ort.get_available_providers() and cuda_device_count() > 0
 
 
+def _describe(tensor: ort.NodeArg) -> str:
+    """A graph tensor as ``float32 [batch, 3, 24, 24]``: dynamic axes by their name, unknown ones as ``?``."""
+    elem = tensor.type.removeprefix("tensor(").removesuffix(")")
+    elem = {"float": "float32", "double": "float64"}.get(elem, elem)
+    if tensor.shape is None:
+        return f"{elem} (shape unknown)"
+    return f"{elem} [{', '.join('?' if d is None else str(d) for d in tensor.shape)}]"
+
+
+def check_graph_tensor(path: Path, verb: str, tensor: ort.NodeArg, per_item: tuple[int, ...]) -> None:
+    """``tensor`` (an input or output of the graph) must be float32 ``[N, *per_item]``; a dynamic axis
+    matches any size. The batch axis is left to the warm-up, which runs batch 1 and the largest batch."""
+    shape = tensor.shape
+    fits = (
+        tensor.type == FLOAT32
+        and shape is not None
+        and len(shape) == 1 + len(per_item)
+        and all(not isinstance(d, int) or d == want for d, want in zip(shape[1:], per_item, strict=True))
+    )
+    if not fits:
+        raise ConfigurationError(
+            f"{path.name} {verb} {tensor.name!r} as {_describe(tensor)}, but niff.json says float32 "
+            f"[N, {', '.join(map(str, per_item))}]: is the file from another model?"
+        )
+
+
 class OnnxRuntimeBackend(Backend):
     kind = "onnxruntime"
 
-    def __init__(self, path: Path, device: DeviceKind, input_name: str, output_name: str, threads: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        device: DeviceKind,
+        input_name: str,
+        output_name: str,
+        threads: int,
+        input_shape: tuple[int, ...] | None = None,
+        output_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        """``input_shape``/``output_shape`` (per image, from niff.json), when given, are checked against the graph."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -66,11 +107,19 @@ class OnnxRuntimeBackend(Backend):
             raise ConfigurationError(f"ONNX Runtime cannot load {path.name}: {exc}") from None
         if device == "cuda" and CUDA_PROVIDER not in self._session.get_providers():
             raise ConfigurationError("the CUDA execution provider could not start (no usable GPU?)")
-        names = ([i.name for i in self._session.get_inputs()], [o.name for o in self._session.get_outputs()])
-        if input_name not in names[0] or output_name not in names[1]:
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        if input_name not in inputs or output_name not in outputs:
             raise ConfigurationError(
-                f"{path.name}: graph inputs {names[0]} / outputs {names[1]} lack {input_name!r} / {output_name!r}"
+                f"{path.name}: graph inputs {list(inputs)} / outputs {list(outputs)} lack {input_name!r} / "
+                f"{output_name!r} (niff.json's names)"
             )
+        if len(inputs) != 1:
+            raise ConfigurationError(f"{path.name} takes {len(inputs)} inputs {list(inputs)}, niff.json names one")
+        if input_shape is not None:
+            check_graph_tensor(path, "takes input", inputs[input_name], input_shape)
+        if output_shape is not None:
+            check_graph_tensor(path, "returns output", outputs[output_name], output_shape)
         self.device = device
         self._input_name = input_name
         self._output_name = output_name
