@@ -14,7 +14,32 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from niff_contract.image_errors import (
+    CorruptImage,
+    EmptyImage,
+    ImageError,
+    ImageShapeRefused,
+    ImageTooCostly,
+    ImageTooLarge,
+    UnsupportedImage,
+)
+from niff_contract.image_structure import check_pixels, walk
 from niff_contract.preprocessing_spec import Preprocessing
+
+__all__ = [
+    "CorruptImage",
+    "EmptyImage",
+    "ImageError",
+    "ImageLimits",
+    "ImageShapeRefused",
+    "ImageTooCostly",
+    "ImageTooLarge",
+    "Preprocessor",
+    "UnsupportedImage",
+    "decode_image",
+    "load_image",
+    "open_image",
+]
 
 # Only these decoders ever see the bytes (JPEG's also opens MPO, the variant many cameras write).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
@@ -25,6 +50,8 @@ _SIGNATURES = {
     b"BM": "BMP",
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
+    b"II+\x00": "TIFF",
+    b"MM\x00+": "TIFF",
 }
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -36,40 +63,32 @@ RESAMPLING = {
 }
 
 
-class ImageError(ValueError):
-    """Bytes that do not become an input tensor; the subclass says why (a server maps it to a status)."""
-
-
-class EmptyImage(ImageError):
-    pass
-
-
-class CorruptImage(ImageError):
-    pass
-
-
-class UnsupportedImage(ImageError):
-    pass
-
-
-class ImageTooLarge(ImageError):
-    pass
-
-
-class ImageShapeRefused(ImageError):
-    """Decodable, but of an aspect ratio whose resize before the crop would be unbounded."""
-
-
 @dataclass(frozen=True)
 class ImageLimits:
     """What an image may be, checked from its header before a pixel is decoded.
 
     The aspect ratio bounds the resize before the center crop: its shorter side becomes ``resize``, so a
-    1×N image would grow to ``resize × resize·N`` pixels.
+    1×N image would grow to ``resize × resize·N`` pixels. Decoding costs about the same per pixel whatever
+    the format, so beyond ``free_pixels`` the pixels must be paid for by bytes: at most
+    ``max_pixels_per_byte`` per byte sent (photos have 3 to 30; a 34-byte WebP can declare 40 million).
     """
 
     max_pixels: int = 40_000_000
     max_aspect_ratio: float = 20.0
+    max_pixels_per_byte: float = 128.0
+    free_pixels: int = 4_194_304
+
+    def decodable_pixels(self, size: int) -> int:
+        """The most pixels this server decodes for ``size`` bytes of images (one image or one request's)."""
+        return self.free_pixels + int(size * self.max_pixels_per_byte)
+
+    def check_decode_work(self, pixels: int, size: int, what: str) -> None:
+        """ImageTooCostly when ``pixels`` declared in ``size`` bytes exceed :meth:`decodable_pixels`."""
+        if pixels > self.decodable_pixels(size):
+            raise ImageTooCostly(
+                f"{what} {pixels} pixels in {size} bytes; this server decodes at most {self.free_pixels} pixels "
+                f"plus {self.max_pixels_per_byte:g} per byte sent"
+            )
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
@@ -81,6 +100,8 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
     """The image's header, checked against ``limits``; no pixel is decoded yet (cheap on any input)."""
     if not data:
         raise EmptyImage("the image is empty (0 bytes)")
+    claimed = _sniff(data)
+    structure = walk(data, claimed) if claimed is not None else None
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError:
@@ -88,9 +109,8 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
         limit = min(limits.max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or limits.max_pixels))
         raise ImageTooLarge(f"the image has more than {limit} pixels, more than this server decodes") from None
     except Exception:  # Pillow raises many types for bytes it cannot identify
-        known = _sniff(data)
-        if known is not None:
-            raise CorruptImage(f"the {known} image is truncated or corrupt (its header does not parse)") from None
+        if claimed is not None:
+            raise CorruptImage(f"the {claimed} image is truncated or corrupt (its header does not parse)") from None
         raise UnsupportedImage(f"the data is not a {FORMAT_NAMES} image") from None
     width, height = image.size
     if width * height > limits.max_pixels:
@@ -99,6 +119,10 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
         )
     if width == 0 or height == 0:
         raise CorruptImage(f"the image is {width}x{height}")
+    if structure is None or claimed != _family(image.format):
+        raise UnsupportedImage(f"the data is not a {FORMAT_NAMES} image")
+    check_pixels(image.format, width, height, len(data), structure)
+    limits.check_decode_work(width * height, len(data), f"the image is {width}x{height}:")
     if max(width, height) > limits.max_aspect_ratio * min(width, height):
         raise ImageShapeRefused(
             f"the image is {width}x{height}, an aspect ratio of {max(width, height) / min(width, height):.4g}:1; "
@@ -115,6 +139,11 @@ def load_image(image: Image.Image) -> Image.Image:
         return _to_rgb(image)
     except Exception as exc:  # truncated or corrupt data surfaces as OSError, SyntaxError, ValueError, ...
         raise CorruptImage(f"the {image.format} image is truncated or corrupt ({exc})") from None
+
+
+def _family(fmt: str | None) -> str | None:
+    """The format whose magic number Pillow's ``fmt`` has (MPO files are JPEG files)."""
+    return "JPEG" if fmt == "MPO" else fmt
 
 
 def _sniff(data: bytes) -> str | None:

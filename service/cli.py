@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import socket
 import sys
 import threading
@@ -28,7 +27,9 @@ from niff_serve.backends import choose_backend
 from niff_serve.connections import ConnectionLimits, limited_protocol, raise_open_file_limit
 from niff_serve.errors import ConfigurationError
 from niff_serve.grpc_server import check_grpc_port
+from niff_serve.liveness import WorkerLiveness
 from niff_serve.logs import configure_logging
+from niff_serve.memory import release_freed_memory
 from niff_serve.runtime import ServiceState
 from niff_serve.settings import Settings, env_name
 from niff_serve.version import __version__
@@ -92,8 +93,8 @@ class DrainingServer(uvicorn.Server):
     On SIGTERM readiness turns false at once and the server keeps serving for ``delay_s`` (so load
     balancers stop routing to it); then it stops accepting connections and finishes the requests in
     flight. A second signal skips the rest of the delay. ``drain_also`` begins the drain of the
-    other listener (gRPC) at the same moment as HTTP's. ``ready_fd``, when given, gets one byte once
-    the server accepts connections (how a worker tells its supervisor that its models loaded).
+    other listener (gRPC) at the same moment as HTTP's. A worker's ``state.liveness`` tells its supervisor
+    once the server accepts connections (its models loaded).
     """
 
     def __init__(
@@ -102,21 +103,16 @@ class DrainingServer(uvicorn.Server):
         state: ServiceState,
         delay_s: float,
         drain_also: Callable[[], Awaitable[None]],
-        ready_fd: int | None = None,
     ) -> None:
         super().__init__(config)
         self._state = state
         self._delay_s = delay_s
         self._drain_also = drain_also
-        self._ready_fd = ready_fd
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        if self._ready_fd is not None:
-            if not self.should_exit:
-                os.write(self._ready_fd, b"1")
-            os.close(self._ready_fd)
-            self._ready_fd = None
+        if self._state.liveness is not None and not self.should_exit:
+            self._state.liveness.ready()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         draining = self._drain_also()  # begins now; the app's lifespan waits for it before stopping the models
@@ -162,10 +158,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(status)
 
 
-def serve(settings: Settings, sockets: list[socket.socket] | None = None, ready_fd: int | None = None) -> None:
-    """Serve in this process, on ``sockets`` when given (a worker), else on the configured address."""
+def serve(
+    settings: Settings, sockets: list[socket.socket] | None = None, liveness: WorkerLiveness | None = None
+) -> None:
+    """Serve in this process, on ``sockets`` when given (a worker, beating to its supervisor through
+    ``liveness``), else on the configured address."""
+    release_freed_memory()
     app = create_app(settings, worker=sockets is not None)
     state: ServiceState = app.state.service
+    state.liveness = liveness
     limits = ConnectionLimits(settings.max_header_bytes, settings.header_timeout_s, settings.max_connections)
     raise_open_file_limit(settings.max_connections)
     config = uvicorn.Config(
@@ -180,7 +181,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, ready_
         # Every request ends by its deadline, so in-flight work is done by then.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 2,
     )
-    server = DrainingServer(config, state, settings.shutdown_delay_s, app.state.grpc.stop, ready_fd)
+    server = DrainingServer(config, state, settings.shutdown_delay_s, app.state.grpc.stop)
     try:
         server.run(sockets=sockets)
     except SystemExit:

@@ -1,11 +1,17 @@
-"""Connection-level limits that uvicorn lacks: header size, header-read time, and open connections.
+"""Connection-level limits that uvicorn lacks: header size, header-read time, open connections, and a
+graceful close of idle keep-alive connections at shutdown.
 
 uvicorn's httptools protocol accepts headers of any size, waits forever for a client that connects and
 sends nothing (or trickles its headers), and accepts connections until the process runs out of file
-descriptors. This subclass adds the three bounds; everything else (keep-alive, pipelining, flow control,
-graceful shutdown) stays uvicorn's. The header clock runs from the connection's start, and again from
-the first byte of each further request on a kept-alive connection; between requests, uvicorn's own
-keep-alive timeout applies.
+descriptors. This subclass adds the three bounds; everything else (keep-alive, pipelining, flow control)
+stays uvicorn's. The header clock runs from the connection's start, and again from the first byte of each
+further request on a kept-alive connection; between requests, uvicorn's own keep-alive timeout applies.
+
+At shutdown uvicorn closes idle keep-alive connections at once: a request a client sent just before, still
+unread in the socket, is then lost to a reset. Here an idle connection stays open for
+``SHUTDOWN_LINGER_S`` more: a request that arrives is answered with ``Connection: close``.
+
+The protocol subclasses uvicorn's internals (pinned in pyproject.toml, covered by the server tests).
 """
 
 from __future__ import annotations
@@ -20,6 +26,28 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 logger = logging.getLogger(__name__)
 # Descriptors the process needs besides client sockets: model files, the log, runtime threads' pipes.
 _RESERVED_FILES = 256
+# How long an idle keep-alive connection is still read after shutdown begins.
+SHUTDOWN_LINGER_S = 2.0
+# At most one log line per this many seconds about refused connections (a burst would write one per connection).
+_REFUSAL_LOG_INTERVAL_S = 10.0
+
+
+class _RefusalLog:
+    """Refused connections, logged at most once per interval with the count since the last line."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last = -_REFUSAL_LOG_INTERVAL_S
+
+    def refused(self, limit: int, now: float) -> None:
+        self.count += 1
+        if now - self.last >= _REFUSAL_LOG_INTERVAL_S:
+            logger.warning("refused %d connection(s) beyond the limit of %d open connections", self.count, limit)
+            self.count = 0
+            self.last = now
+
+
+_refusals = _RefusalLog()
 
 
 @dataclass(frozen=True)
@@ -50,13 +78,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._request_begun = False
         self._refused = False
         self._header_timer: asyncio.TimerHandle | None = None
+        self._shutting_down = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            logger.warning(
-                "refused a connection: %d open, the limit is %d", len(self.connections) - 1, self.limits.max_connections
-            )
+            _refusals.refused(self.limits.max_connections, self.loop.time())
             self._refuse("503 Service Unavailable", "too many open connections; retry later")
             return
         self._start_header_clock()
@@ -92,6 +119,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._stop_header_clock()
         super().on_headers_complete()
+        if self._shutting_down and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def shutdown(self) -> None:
+        """Graceful shutdown (uvicorn calls it once the listeners are closed): a busy connection closes after
+        its answer, as in uvicorn; an idle one after :data:`SHUTDOWN_LINGER_S`, so that a request already on
+        its way is read and answered instead of reset."""
+        self._shutting_down = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            return
+        self.loop.call_later(SHUTDOWN_LINGER_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from niff_serve.dataplane import InferenceRequest, InferenceResult
@@ -26,25 +27,112 @@ from niff_serve.protocol_v2 import (
     ModelMetadata,
     TensorShape,
     check_output,
-    decode_images,
     decode_tensor,
+    element_count_error,
+    image_count,
     output_tensor,
     timeout_parameter,
     unknown_input,
     unpack_bytes,
 )
+from niff_serve.request_body import Upload
 
 # Where each input's values go in ``InferTensorContents`` when they are not sent raw.
 _CONTENTS_FIELD = {TENSOR_INPUT: "fp32_contents", IMAGE_INPUT: "bytes_contents"}
+_REQUEST_FIELDS = service_pb2.ModelInferRequest.DESCRIPTOR.fields_by_name
+_INPUT_FIELDS = service_pb2.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name
+# Fields of a request beside its tensor elements (names, shape, parameters, outputs): generous, tritonclient
+# sends fewer than 20. Each field becomes an object when the message is parsed, so they are counted first.
+_STRUCTURE_FIELDS = 1024
+_LENGTH_DELIMITED = 2
+
+
+def model_of(message: bytes) -> tuple[str, str]:
+    """The model name and version a serialized ``ModelInferRequest`` asks for, read without parsing the rest.
+
+    Its top-level fields are walked (at most a bounded number of them); garbage is a BadRequest.
+    """
+    fields = _fields(message, 0, len(message), _STRUCTURE_FIELDS, "the request")
+    wanted = {_REQUEST_FIELDS["model_name"].number: "", _REQUEST_FIELDS["model_version"].number: ""}
+    for number, start, end in fields:
+        if number in wanted:
+            try:
+                wanted[number] = message[start:end].decode()
+            except UnicodeDecodeError:
+                raise BadRequest("the request's model name or version is not UTF-8") from None
+    name, version = wanted.values()
+    return name, version
+
+
+def parse_infer_request(message: bytes, shape: TensorShape) -> service_pb2.ModelInferRequest:
+    """The parsed request, once its size in objects is known to fit the model.
+
+    Parsing makes a Python-visible object per repeated element: 11 M one-byte images in a 33 MB message would
+    take 1.6 GB. So the elements of every input's ``contents`` and the raw tensors are counted on the wire
+    first, and a request with more than a batch of images is refused before it is parsed.
+    """
+    most = _STRUCTURE_FIELDS + shape.max_batch_size
+    inputs, contents = _REQUEST_FIELDS["inputs"].number, _INPUT_FIELDS["contents"].number
+    for number, start, end in _fields(message, 0, len(message), _STRUCTURE_FIELDS, "the request"):
+        if number == inputs:
+            for inner, first, last in _fields(message, start, end, _STRUCTURE_FIELDS, "an input"):
+                if inner == contents:
+                    _fields(message, first, last, most, "an input's contents")
+    try:
+        return service_pb2.ModelInferRequest.FromString(message)
+    except DecodeError:
+        raise BadRequest("the request is not a valid ModelInferRequest message") from None
+
+
+def _fields(message: bytes, start: int, end: int, most: int, what: str) -> list[tuple[int, int, int]]:
+    """The fields of the protobuf message in ``message[start:end]``: (number, value start, value end), where
+    the value of a length-delimited field is its payload. More than ``most`` fields is a BadRequest."""
+    fields = []
+    position = start
+    while position < end:
+        if len(fields) == most:
+            raise BadRequest(f"{what} holds more than {most} protobuf fields; this model takes at most {most}")
+        key, position = _varint(message, position, end)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, position = _varint(message, position, end)
+            value_start = value_end = position
+        elif wire_type == 1 or wire_type == 5:
+            value_start, position = position, position + (8 if wire_type == 1 else 4)
+            value_end = position
+        elif wire_type == _LENGTH_DELIMITED:
+            length, value_start = _varint(message, position, end)
+            value_end = position = value_start + length
+        else:
+            raise BadRequest("the request is not a valid ModelInferRequest message")
+        if position > end or number == 0:
+            raise BadRequest("the request is not a valid ModelInferRequest message")
+        fields.append((number, value_start, value_end))
+    return fields
+
+
+def _varint(message: bytes, position: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while position < end and shift < 64:
+        byte = message[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+    raise BadRequest("the request is not a valid ModelInferRequest message")
 
 
 def decode_infer_request(
-    request: service_pb2.ModelInferRequest, model: str, shape: TensorShape, claim: Callable[[int], None]
+    message: bytes, model: str, shape: TensorShape, claim: Callable[[int], None]
 ) -> DecodedRequest:
-    """Validate a gRPC infer request against the model; every problem is a BadRequest saying what is wrong.
+    """Validate a serialized gRPC infer request against the model; every problem is a BadRequest saying what
+    is wrong.
 
-    The tensor data's size is claimed through ``claim`` (the request's memory budget) before it is decoded.
+    The message's elements are counted before it is parsed (:func:`parse_infer_request`), and the tensor
+    data's size is claimed through ``claim`` (the request's memory budget) before it is decoded.
     """
+    request = parse_infer_request(message, shape)
     if len(request.inputs) != 1:
         raise BadRequest(f"give exactly one input ({TENSOR_INPUT!r} or {IMAGE_INPUT!r}), not {len(request.inputs)}")
     item = request.inputs[0]
@@ -58,13 +146,17 @@ def decode_infer_request(
         numbers = None if values is None else np.asarray(values, dtype=np.float32)
         tensor, images = decode_tensor(item.datatype, dims, raw, numbers, shape), None
     else:
+        count = image_count(item.datatype, dims, shape.max_batch_size)
         if raw is not None:
             claim(len(raw))
-            elements = unpack_bytes(raw)
+            elements = unpack_bytes(raw, count)
         else:
-            elements = list(_typed_contents(item))
+            typed = _typed_contents(item)
+            if len(typed) != count:
+                raise element_count_error(len(typed), count)
+            elements = list(typed)
             claim(sum(map(len, elements)))
-        tensor, images = None, decode_images(item.datatype, dims, elements)
+        tensor, images = None, [Upload(data) for data in elements]
     timeout = request.parameters.get("timeout")
     timeout_s = None if timeout is None else timeout_parameter(_parameter_value(timeout))
     inference = InferenceRequest(model, tensor, images, id=request.id or None, timeout_s=timeout_s)

@@ -24,15 +24,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from google.protobuf.message import DecodeError, Message
+from tritonclient.grpc import service_pb2
 
 from niff_contract import TRITON_PLATFORMS
 from niff_serve import extensions
 from niff_serve.auth import bearer_token, check_api_key
 from niff_serve.backends import ARTIFACT_OF
 from niff_serve.deadline import Deadline
-from niff_serve.errors import ConfigurationError, ServiceError, ServiceUnavailable, Unsupported
-from niff_serve.grpc_codec import decode_infer_request, encode_infer_response, metadata_message
+from niff_serve.errors import BadRequest, ConfigurationError, ServiceError, ServiceUnavailable, Unsupported
+from niff_serve.grpc_codec import decode_infer_request, encode_infer_response, metadata_message, model_of
 from niff_serve.logs import request_id_var, valid_request_id
 from niff_serve.protocol_v2 import EXTENSIONS, model_metadata
 from niff_serve.runtime import ServiceState
@@ -58,6 +59,7 @@ _CODES: dict[int, grpc.StatusCode] = {
     504: Code.DEADLINE_EXCEEDED,
 }
 REQUEST_ID_KEY = "x-request-id"
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -76,24 +78,39 @@ def _retry_metadata(error: ServiceUnavailable) -> list[tuple[str, str]]:
     return [("retry-after", seconds), ("grpc-retry-pushback-ms", str(int(seconds) * 1000))]
 
 
-def _rpc(*, open_to_all: bool = False) -> Callable[[Method], Method]:
-    """Per-call bookkeeping around a unary method: request id, API key (unless ``open_to_all``), status code
-    from ServiceErrors, metrics and one access-log line."""
+def _rpc(*, open_to_all: bool = False, parsed: bool = True) -> Callable[[Method], Method]:
+    """Per-call bookkeeping around a unary method: request id, API key (unless ``open_to_all``), parsing
+    the request message after the key is checked (unless ``parsed`` is False: the method gets the bytes),
+    status code from ServiceErrors, metrics and one access-log line."""
 
     def decorate(method: Method) -> Method:
         name = method.__name__
+        request_type = None if not parsed else getattr(service_pb2, SERVICE.methods_by_name[name].input_type.name)
 
         @functools.wraps(method)
-        async def call(servicer: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await servicer.serve(name, method, request, context, open_to_all)
+        async def call(servicer: InferenceServicer, request: bytes, context: grpc.aio.ServicerContext) -> Any:
+            return await servicer.serve(name, method, request_type, request, context, open_to_all)
 
+        call.answered = True  # type: ignore[attr-defined]
         return call
 
     return decorate
 
 
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """The calls of ``inference.GRPCInferenceService`` this server answers; the others are UNIMPLEMENTED."""
+def _parse(request_type: type[Message], request: bytes) -> Message:
+    try:
+        return request_type.FromString(request)
+    except DecodeError:
+        raise BadRequest(f"the request is not a valid {request_type.DESCRIPTOR.name} message") from None
+
+
+class InferenceServicer:
+    """The calls of ``inference.GRPCInferenceService`` this server answers (:func:`handlers` refuses the
+    others as UNIMPLEMENTED).
+
+    Requests arrive as bytes and are parsed only after the API key is checked: what a client without the key
+    sends is never parsed, and a message that does not parse is INVALID_ARGUMENT, not a logged traceback.
+    """
 
     def __init__(self, state: ServiceState) -> None:
         self._state = state
@@ -102,7 +119,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self,
         name: str,
         method: Method,
-        request: Any,
+        request_type: type[Message] | None,
+        request: bytes,
         context: grpc.aio.ServicerContext,
         open_to_all: bool,
     ) -> Any:
@@ -113,24 +131,31 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         code = Code.OK
         metrics = self._state.metrics
+        refusal: str | None = None
         try:
-            if not open_to_all:
-                check_api_key(self._state.settings.api_key, bearer_token(metadata.get("authorization")))
-            response = await method(self, request, context)
-            context.set_trailing_metadata(trailers)
-            return response
-        except ServiceError as error:
-            code = status_code(error)
-            if isinstance(error, ServiceUnavailable):
-                trailers += _retry_metadata(error)
-            await context.abort(code, error.message, trailing_metadata=tuple(trailers))
-        except asyncio.CancelledError:  # the client cancelled or its deadline passed
-            code = Code.CANCELLED
-            raise
-        except Exception:  # the last line of defence: a bug answers INTERNAL and the server goes on
-            logger.exception("unhandled error")
-            code = Code.INTERNAL
-            await context.abort(code, "internal server error", trailing_metadata=tuple(trailers))
+            try:
+                if not open_to_all:
+                    check_api_key(self._state.settings.api_key, bearer_token(metadata.get("authorization")))
+                message = request if request_type is None else _parse(request_type, request)
+                response = await method(self, message, context)
+                context.set_trailing_metadata(trailers)
+                return response
+            except ServiceError as error:
+                code, refusal = status_code(error), error.message
+                if isinstance(error, ServiceUnavailable):
+                    trailers += _retry_metadata(error)
+            except asyncio.CancelledError:  # the client cancelled or its deadline passed
+                code = Code.CANCELLED
+                raise
+            except Exception:  # the last line of defence: a bug answers INTERNAL and the server goes on
+                logger.exception("unhandled error")
+                code, refusal = Code.INTERNAL, "internal server error"
+            # A status set, not context.abort(): its exception would hold this frame (and the request's bytes)
+            # in a reference cycle through the call's state, freed only when the garbage collector runs.
+            context.set_code(code)
+            context.set_details(refusal)
+            context.set_trailing_metadata(tuple(trailers))
+            return None
         finally:
             elapsed = time.perf_counter() - started
             metrics.grpc_requests.labels(method=name, code=code.name).inc()
@@ -169,15 +194,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         platform = TRITON_PLATFORMS[ARTIFACT_OF[runtime.backend.kind]]
         return metadata_message(model_metadata(runtime.name, runtime.folder.version, platform, runtime.tensor_shape))
 
-    @_rpc()
-    async def ModelInfer(self, request, context):
+    @_rpc(parsed=False)
+    async def ModelInfer(self, request: bytes, context):
         state = self._state
         deadline = Deadline(state.settings.request_timeout_s)
         remaining = context.time_remaining()
         if remaining is not None:
             deadline = deadline.tightened(remaining)
-        runtime = state.dataplane.model(request.model_name, request.model_version or None)
+        name, version = model_of(request)
+        runtime = state.dataplane.model(name, version or None)
         with state.body_budget.share() as share:
+            share.claim(len(request))  # the message, held since it arrived
             decoded = await state.offload(
                 decode_infer_request, request, runtime.name, runtime.tensor_shape, share.claim
             )
@@ -205,6 +232,30 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc()
     async def RepositoryModelUnload(self, request, context):
         raise extensions.refuse_model_control()
+
+
+async def _unimplemented_unary(request: bytes, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(Code.UNIMPLEMENTED, "this server does not implement this call")
+
+
+async def _unimplemented_stream(requests: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(Code.UNIMPLEMENTED, "this server does not stream; call ModelInfer once per request")
+
+
+def handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """Every method of the service: the servicer's, with requests as bytes (parsed after the key check), and
+    UNIMPLEMENTED for the others without a logged traceback."""
+    methods = {}
+    for method in SERVICE.methods:
+        respond = getattr(service_pb2, method.output_type.name).SerializeToString
+        if method.client_streaming or method.server_streaming:
+            methods[method.name] = grpc.stream_stream_rpc_method_handler(_unimplemented_stream)
+            continue
+        behaviour = getattr(servicer, method.name, None)
+        if not getattr(behaviour, "answered", False):
+            behaviour = _unimplemented_unary
+        methods[method.name] = grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=respond)
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, methods)
 
 
 def grpc_address(settings: Settings) -> str:
@@ -253,7 +304,7 @@ class GrpcEndpoint:
                 ("grpc.so_reuseport", int(self._shared_port)),
             ]
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._state), server)
+        server.add_generic_rpc_handlers((handlers(InferenceServicer(self._state)),))
         try:
             bound = server.add_insecure_port(address)
         except RuntimeError as exc:

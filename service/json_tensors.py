@@ -19,6 +19,9 @@ import numpy as np
 # Memory a JSON parser takes per value beyond the text itself: a Python object and its slot in a list
 # or dict. Counted per separator (, : [ {), the worst case measured 180 bytes (nested one-element lists).
 _BYTES_PER_VALUE = 192
+# Values of a request beside its tensor data: input and output names, shapes of up to 8 dimensions,
+# parameters. Generous: tritonclient sends fewer than 30.
+_STRUCTURE_VALUES = 1024
 PLACEHOLDER = "\x00niff-numeric-data:"
 
 # In valid JSON, a quote-delimited `"data"` followed by a colon can only be an object key: inside a
@@ -64,10 +67,20 @@ def split_numeric_arrays(text: bytes) -> SplitJson:
     return SplitJson(b"".join(pieces), text, tuple(spans))
 
 
+def json_values(text: bytes) -> int:
+    """An upper bound on the values parsing ``text`` makes (one more than its separators), counted in C."""
+    return 1 + sum(text.count(separator) for separator in (b",", b":", b"[", b"{"))
+
+
+def max_json_values(max_batch_size: int) -> int:
+    """The most values a valid request's JSON holds once numeric arrays are cut out: one image string per
+    batch element (and its brackets), plus names, shapes, outputs and parameters."""
+    return _STRUCTURE_VALUES + 2 * max_batch_size
+
+
 def parse_cost(text: bytes) -> int:
     """An upper bound on the memory that parsing ``text`` into Python objects takes."""
-    values = 1 + sum(text.count(separator) for separator in (b",", b":", b"[", b"{"))
-    return 2 * len(text) + _BYTES_PER_VALUE * values
+    return 2 * len(text) + _BYTES_PER_VALUE * json_values(text)
 
 
 def _numeric_array_end(text: bytes, start: int) -> int | None:

@@ -2,8 +2,10 @@
 
 Plain ASGI (not ``BaseHTTPMiddleware``) so the endpoint keeps the raw ``receive`` channel it needs to
 notice client disconnects. An error answered before the request body was read (an unknown model, a bad
-key) first reads the rest of a modest body: closing a socket with unread data makes the kernel reset the
-connection, and the client would lose the answer.
+key, a body over the limit) first reads the rest of a modest body: closing a socket with unread data makes
+the kernel reset the connection, and the client would lose the answer. What is left of a larger body is
+never read: the answer says ``Connection: close`` and the connection closes after it, where keeping it
+alive would read and discard the rest, however large.
 """
 
 from __future__ import annotations
@@ -58,9 +60,12 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append(REQUEST_ID_HEADER, request_id)
                 if status >= 400 and not body_read:
                     await _drain(receive_tracked, lambda: body_read)
+                    if not body_read:
+                        headers["connection"] = "close"
             await send(message)
 
         self.metrics.requests_in_progress.inc()

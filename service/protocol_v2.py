@@ -18,15 +18,15 @@ import math
 import struct
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
 
 from niff_contract import describe_errors
 from niff_serve.dataplane import InferenceRequest, InferenceResult
 from niff_serve.errors import BadRequest, PayloadTooLarge
-from niff_serve.json_tensors import parse_cost, placeholder_index, split_numeric_arrays
+from niff_serve.json_tensors import json_values, max_json_values, parse_cost, placeholder_index, split_numeric_arrays
 from niff_serve.request_body import Upload, parse_length
 
 TENSOR_INPUT = "input"
@@ -64,9 +64,14 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
+# Every dimension is at least 1 (the served models take no empty tensors). The schema says so; decoding
+# checks it, with the shape the model takes in its message (decode_tensor, decode_images), as over gRPC.
+Dimension = Annotated[int, WithJsonSchema({"type": "integer", "minimum": 1})]
+
+
 class RequestInput(BaseModel):
-    name: str
-    shape: list[int] = Field(min_length=1, max_length=8)
+    name: str = Field(min_length=1)
+    shape: list[Dimension] = Field(min_length=1, max_length=8)
     datatype: str
     parameters: dict[str, Any] = Field(default_factory=dict)
     # A str only as the placeholder of a numeric array cut out before parsing (json_tensors).
@@ -74,7 +79,7 @@ class RequestInput(BaseModel):
 
 
 class RequestOutput(BaseModel):
-    name: str
+    name: str = Field(min_length=1)
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -102,10 +107,12 @@ class InferResponse(BaseModel):
 
 @dataclass(frozen=True)
 class TensorShape:
-    """What one model accepts: ``[N, 3, size, size]`` float32 and ``num_classes`` outputs."""
+    """What one model accepts: ``[N, 3, size, size]`` float32 with N up to ``max_batch_size``, and
+    ``num_classes`` outputs."""
 
     size: int
     num_classes: int
+    max_batch_size: int
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,12 @@ def decode_request(
             "(send large tensors with the binary data extension)"
         )
     split = split_numeric_arrays(header)
+    values, most = json_values(split.remainder), max_json_values(shape.max_batch_size)
+    if values > most:
+        raise BadRequest(
+            f"the JSON part of the request holds {values} values; an inference request for this model has at most "
+            f"{most} (numeric tensor data does not count)"
+        )
     claim(parse_cost(split.remainder))
     try:
         request = InferRequest.model_validate_json(split.remainder)
@@ -167,8 +180,9 @@ def decode_request(
     elif item.name == IMAGE_INPUT:
         if numeric is not None:
             raise BadRequest(f"input {IMAGE_INPUT!r}: 'data' must hold base64 strings, not numbers")
-        elements = unpack_bytes(raw) if raw is not None else _base64_elements(item.data or [])
-        tensor, images = None, decode_images(item.datatype, item.shape, elements)
+        count = image_count(item.datatype, item.shape, shape.max_batch_size)
+        elements = unpack_bytes(raw, count) if raw is not None else _base64_elements(item.data or [], count)
+        tensor, images = None, [Upload(data) for data in elements]
     else:
         raise unknown_input(item.name, shape)
     timeout_s = timeout_parameter(request.parameters.get("timeout"))
@@ -234,21 +248,29 @@ def decode_tensor(
     return tensor.reshape(dims)
 
 
-def decode_images(datatype: str, dims: list[int], elements: list[bytes]) -> list[Upload]:
-    """The ``image`` input: one encoded image per element."""
+def image_count(datatype: str, dims: list[int], max_batch_size: int) -> int:
+    """How many images the ``image`` input declares, checked before a single element is read: the element
+    count is what unpacking costs, so it is bounded by the model's batch size first."""
     if datatype != "BYTES":
         raise BadRequest(f"input {IMAGE_INPUT!r} must be BYTES, not {datatype}")
     if not dims or dims[0] < 1 or math.prod(dims) != dims[0]:
         raise BadRequest(f"input {IMAGE_INPUT!r} has shape {dims}; it takes [N] or [N, 1]")
-    if len(elements) != dims[0]:
-        raise BadRequest(f"input {IMAGE_INPUT!r}: {len(elements)} elements for shape {dims}")
-    return [Upload(data) for data in elements]
+    if dims[0] > max_batch_size:
+        raise BadRequest(f"{dims[0]} images in one request; this model takes at most {max_batch_size}")
+    return dims[0]
 
 
-def unpack_bytes(raw: bytes) -> list[bytes]:
-    """Triton's BYTES serialization: each element is a little-endian uint32 length, then the bytes."""
+def element_count_error(found: int | str, count: int) -> BadRequest:
+    return BadRequest(f"input {IMAGE_INPUT!r}: {found} elements for shape [{count}]")
+
+
+def unpack_bytes(raw: bytes, count: int) -> list[bytes]:
+    """Triton's BYTES serialization (each element a little-endian uint32 length, then the bytes): exactly
+    ``count`` elements; reading stops as soon as the data holds more."""
     elements, offset = [], 0
     while offset < len(raw):
+        if len(elements) == count:
+            raise element_count_error(f"more than {count}", count)
         if offset + 4 > len(raw):
             raise BadRequest(f"input {IMAGE_INPUT!r}: binary data ends inside an element length")
         (length,) = struct.unpack_from("<I", raw, offset)
@@ -257,17 +279,29 @@ def unpack_bytes(raw: bytes) -> list[bytes]:
             raise BadRequest(f"input {IMAGE_INPUT!r}: element of {length} bytes overruns the binary data")
         elements.append(raw[offset : offset + length])
         offset += length
+    if len(elements) != count:
+        raise element_count_error(len(elements), count)
     return elements
 
 
-def _base64_elements(data: list[Any]) -> list[bytes]:
+def _base64_elements(data: list[Any], count: int) -> list[bytes]:
+    values = data if all(isinstance(value, str) for value in data) else _flat(data, count)
+    if len(values) != count:
+        raise element_count_error(len(values), count)
     elements = []
-    for index, value in enumerate(np.ravel(np.asarray(data, dtype=object))):
+    for index, value in enumerate(values):
         try:
             elements.append(base64.b64decode(value, validate=True))
         except (binascii.Error, TypeError, ValueError):
             raise BadRequest(f"input {IMAGE_INPUT!r}: element {index} is not a base64 string") from None
     return elements
+
+
+def _flat(data: list[Any], count: int) -> list[Any]:
+    """``[[a], [b]]`` (shape [N, 1]) as ``[a, b]``; anything else as it is, for the count check to refuse."""
+    if len(data) == count and all(isinstance(value, list) and len(value) == 1 for value in data):
+        return [value[0] for value in data]
+    return data
 
 
 def _requested_outputs(request: InferRequest) -> dict[str, bool]:

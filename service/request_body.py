@@ -22,6 +22,7 @@ from niff_serve.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from niff_serve.memory import trim_after
 
 _DECIMAL = re.compile(r"[0-9]{1,18}")
 
@@ -35,9 +36,10 @@ class BodyBudget:
     """Bytes of request bodies (and what parsing them costs) held in memory, by all requests together.
 
     A request claims its declared length before a byte is read, or chunk by chunk when the length is
-    not declared, and returns everything when it ends; a claim beyond the budget is a 503 with
-    Retry-After, so concurrent large uploads queue at the client instead of in this process. Claims
-    come from the event loop and from parsing threads, hence the lock.
+    not declared, and returns everything when it ends; a claim beyond what is free now is a 503 with
+    Retry-After, so concurrent large uploads queue at the client instead of in this process, and a
+    request that needs more than the whole budget is a 413 (retrying cannot help). Claims come from the
+    event loop and from parsing threads, hence the lock.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -54,8 +56,14 @@ class BodyBudget:
         finally:
             with self._lock:
                 self.used -= share.size
+            trim_after(share.size)
 
-    def _claim(self, size: int) -> None:
+    def _claim(self, size: int, held: int) -> None:
+        if held + size > self.capacity:
+            raise PayloadTooLarge(
+                f"this request needs {held + size} bytes of memory for its body and its parsing; the server's "
+                f"budget for all requests together is {self.capacity}"
+            )
         with self._lock:
             if self.used + size > self.capacity:
                 raise ServiceUnavailable(
@@ -73,7 +81,7 @@ class BodyShare:
         self.size = 0
 
     def claim(self, size: int) -> None:
-        self._budget._claim(size)
+        self._budget._claim(size, self.size)
         self.size += size
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, TypeVar
 
@@ -18,6 +18,7 @@ from niff_contract.images import (
     CorruptImage,
     EmptyImage,
     ImageShapeRefused,
+    ImageTooCostly,
     ImageTooLarge,
     UnsupportedImage,
     load_image,
@@ -34,6 +35,7 @@ from niff_serve.errors import (
     UnprocessableContent,
     UnsupportedMediaType,
 )
+from niff_serve.liveness import WorkerLiveness
 from niff_serve.metrics import Metrics, ModelMetrics
 from niff_serve.protocol_v2 import TensorShape
 from niff_serve.request_body import BodyBudget, Upload
@@ -43,12 +45,16 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # Images up to this size are decoded on the event loop (tens of microseconds, less than a thread hand-off).
 INLINE_MAX_PIXELS = 128 * 128
+# Headers of uploads up to this size are read on the event loop: walking their structure is bounded by
+# their size (image_structure), so it stays below a millisecond; larger ones are read on the pool.
+INLINE_MAX_HEADER_BYTES = 64 * 1024
 # How each reason the contract refuses an image answers over HTTP.
 _IMAGE_STATUS: dict[type[ImageError], type[ServiceError]] = {
     EmptyImage: BadRequest,
     CorruptImage: BadRequest,
     UnsupportedImage: UnsupportedMediaType,
     ImageTooLarge: PayloadTooLarge,
+    ImageTooCostly: PayloadTooLarge,
     ImageShapeRefused: UnprocessableContent,
 }
 
@@ -78,8 +84,9 @@ class ModelRuntime:
         self.folder = folder
         self.backend = backend
         self.max_batch_size, max_delay_s = batching(folder, settings)
-        self.tensor_shape = TensorShape(folder.input_size, folder.num_classes)
-        self._preprocessor = Preprocessor(folder.manifest.preprocessing, settings.image_limits)
+        self.tensor_shape = TensorShape(folder.input_size, folder.num_classes, self.max_batch_size)
+        self._limits = settings.image_limits
+        self._preprocessor = Preprocessor(folder.manifest.preprocessing, self._limits)
         self.metrics = metrics
         self._pool = pool
         self.batcher = DynamicBatcher(
@@ -106,12 +113,23 @@ class ModelRuntime:
         return self.folder.name
 
     async def infer_images(self, uploads: Sequence[Upload], deadline: Deadline) -> tuple[BatchResult, float]:
-        """Logits for encoded images, and the seconds their preprocessing took."""
+        """Logits for encoded images, and the seconds their preprocessing took.
+
+        Every header is read and the request's decoding work checked against its size before any image is
+        decoded.
+        """
         with self.batcher.admit(len(uploads)) as slot:
             started = time.monotonic()
-            inputs, pending = self._preprocess(uploads)
-            if pending:
-                await deadline.wait(asyncio.gather(*pending), "preprocessing")
+            images = await self._open(uploads, deadline)
+            pixels = sum(image.width * image.height for image in images)
+            try:
+                self._limits.check_decode_work(
+                    pixels, sum(len(upload.data) for upload in uploads), f"the request's {len(uploads)} images declare"
+                )
+            except ImageTooCostly as exc:
+                raise PayloadTooLarge(str(exc)) from None
+            inputs, pending = self._decode(uploads, images)
+            await _settled(pending, deadline)
             preprocess_s = time.monotonic() - started
             return await slot.infer(inputs, deadline), preprocess_s
 
@@ -120,22 +138,53 @@ class ModelRuntime:
         with self.batcher.admit(len(inputs)) as slot:
             return await slot.infer(inputs, deadline)
 
-    def _preprocess(self, uploads: Sequence[Upload]) -> tuple[np.ndarray, list[asyncio.Future[None]]]:
+    async def _open(self, uploads: Sequence[Upload], deadline: Deadline) -> list[Image.Image]:
+        """Every upload's checked header: small uploads on the event loop, larger ones on the pool."""
+        loop = asyncio.get_running_loop()
+        pending = {
+            index: loop.run_in_executor(
+                self._pool, self._step, index, upload, "decode", self._preprocessor.open, upload.data
+            )
+            for index, upload in enumerate(uploads)
+            if len(upload.data) > INLINE_MAX_HEADER_BYTES
+        }
+        try:
+            inline = {
+                index: self._header(index, upload) for index, upload in enumerate(uploads) if index not in pending
+            }
+        except BaseException:
+            _abandon(pending.values())
+            raise
+        await _settled(list(pending.values()), deadline)
+        return [inline[index] if index in inline else pending[index].result() for index in range(len(uploads))]
+
+    def _header(self, index: int, upload: Upload) -> Image.Image:
+        return self._step(index, upload, "decode", self._preprocessor.open, upload.data)
+
+    def _decode(
+        self, uploads: Sequence[Upload], images: Sequence[Image.Image]
+    ) -> tuple[np.ndarray, list[asyncio.Future[None]]]:
         """The batch of ``uploads``, and the pool's work still writing rows into it.
 
-        Headers are read here (cheap, and they bound the work); a small image is finished on the event
-        loop, where it costs less than the hand-off to a worker thread; larger ones go to the pool.
+        A large image goes to the pool first; then the small ones are finished on the event loop, where they
+        cost less than the hand-off to a worker thread.
         """
         size = self.folder.input_size
         batch = np.empty((len(uploads), 3, size, size), dtype=np.float32)
         loop = asyncio.get_running_loop()
-        pending = []
-        for index, upload in enumerate(uploads):
-            image = self._step(index, upload, "decode", self._preprocessor.open, upload.data)
-            if image.width * image.height <= INLINE_MAX_PIXELS:
-                self._finish(index, upload, image, batch[index])
-            else:
-                pending.append(loop.run_in_executor(self._pool, self._finish, index, upload, image, batch[index]))
+        small = [image.width * image.height <= INLINE_MAX_PIXELS for image in images]
+        pending = [
+            loop.run_in_executor(self._pool, self._finish, index, upload, image, batch[index])
+            for index, (upload, image) in enumerate(zip(uploads, images, strict=True))
+            if not small[index]
+        ]
+        try:
+            for index, (upload, image) in enumerate(zip(uploads, images, strict=True)):
+                if small[index]:
+                    self._finish(index, upload, image, batch[index])
+        except BaseException:
+            _abandon(pending)
+            raise
         return batch, pending
 
     def _finish(self, index: int, upload: Upload, image: Image.Image, row: np.ndarray) -> None:
@@ -157,6 +206,34 @@ class ModelRuntime:
             self.metrics.count_cpu(stage, time.thread_time() - started)
 
 
+async def _settled(pending: Sequence[asyncio.Future[Any]], deadline: Deadline) -> None:
+    """Wait for all of ``pending`` within ``deadline``, then raise the first failure, if any; when the wait
+    ends early (the client left, the deadline passed), the work is abandoned (:func:`_abandon`)."""
+    if not pending:
+        return
+    try:
+        await deadline.wait(asyncio.wait(pending), "preprocessing")
+    except BaseException:
+        _abandon(pending)
+        raise
+    failure = next((future.exception() for future in pending if future.exception() is not None), None)
+    if failure is not None:
+        raise failure
+
+
+def _abandon(pending: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel work not yet begun, and retrieve what the rest ends with: an image refused on the pool after
+    its request has gone is never logged as an exception nobody retrieved."""
+    for future in pending:
+        future.cancel()
+        future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class ServiceState:
     """The app's runtime state: models, worker pool, readiness. Lives on ``app.state.service``."""
 
@@ -169,11 +246,14 @@ class ServiceState:
         self.loaded = False
         self.draining = False
         self.startup_error: str | None = None
+        # A worker process's beat to and from its supervisor (None when serving alone).
+        self.liveness: WorkerLiveness | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     @property
     def ready(self) -> bool:
-        return self.loaded and not self.draining
+        alive = self.liveness is None or self.liveness.supervisor_alive
+        return self.loaded and not self.draining and alive
 
     async def offload(self, function: Callable[..., T], *args: Any) -> T:
         """Run CPU-bound request work (decoding, parsing) on the worker pool, off the event loop."""
@@ -182,9 +262,13 @@ class ServiceState:
 
     async def start(self) -> None:
         """Load and warm up every model (off the event loop), then start batching and report ready."""
+        if self.liveness is not None:
+            self.liveness.start()  # beats while the models load
         pool = self._pool = ThreadPoolExecutor(self.settings.preprocess_workers, thread_name_prefix="preprocess")
         try:
             for folder in await asyncio.to_thread(scan_repository, self.settings.model_repository):
+                if folder.manifest.labels_sha256 is None:
+                    logger.warning("model %r: niff.json has no labels_sha256: its labels are not checked", folder.name)
                 metrics = self.metrics.for_model(folder.name)
                 runtime = await asyncio.to_thread(ModelRuntime.load, folder, self.settings, metrics, pool)
                 self.models[folder.name] = runtime

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         le=10_000,
         description="Longest side over shortest side accepted (422 above); bounds the resize before the center crop.",
     )
+    max_image_pixels_per_byte: float = Field(
+        128.0,
+        ge=1,
+        le=1_000_000,
+        description="Beyond 4,194,304 pixels per request, pixels declared per byte of images sent (413 above); "
+        "photos have 3 to 30, a 38-byte WebP can declare 40 million.",
+    )
     max_json_bytes: int = Field(
         8 * 1024 * 1024,
         ge=1,
@@ -109,6 +116,13 @@ class Settings(BaseSettings):
         le=64,
         description="Server processes sharing the port (default: one per CPU up to 4; one when a model uses a GPU).",
     )
+    liveness_timeout_s: float = Field(
+        3.0,
+        ge=0.5,
+        le=600,
+        description="With several workers: a worker silent this long (stopped, hung) is killed and the server "
+        "exits; workers that hear nothing from the supervisor this long report not ready.",
+    )
     shutdown_delay_s: float = Field(
         0.0, ge=0, le=600, description="After SIGTERM, keep serving this long while reporting not-ready, then drain."
     )
@@ -140,7 +154,7 @@ class Settings(BaseSettings):
 
     @property
     def image_limits(self) -> ImageLimits:
-        return ImageLimits(self.max_image_pixels, self.max_image_aspect_ratio)
+        return ImageLimits(self.max_image_pixels, self.max_image_aspect_ratio, self.max_image_pixels_per_byte)
 
 
 def env_name(field: str) -> str:

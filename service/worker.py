@@ -1,7 +1,8 @@
 """One worker process of a multi-process server (started by :mod:`niff_serve.workers`, not by hand).
 
-``python -m niff_serve.worker LISTENER_FD SUPERVISOR_PID``: serve the inherited listening socket with
-the settings in the environment.
+``python -m niff_serve.worker LISTENER_FD SUPERVISOR_PID BEAT_FD PULSE_FD``: serve the inherited listening
+socket with the settings in the environment, beating to the supervisor on BEAT_FD and hearing it on PULSE_FD
+(:mod:`niff_serve.liveness`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import socket
 import sys
 
 from niff_serve.cli import load_settings, serve
+from niff_serve.liveness import WorkerLiveness
 from niff_serve.logs import configure_logging
-from niff_serve.workers import READY_FD_ENV
 
 _PR_SET_PDEATHSIG = 1
 
@@ -31,10 +32,10 @@ def follow_supervisor(supervisor_pid: int) -> None:
 def main() -> None:
     follow_supervisor(int(sys.argv[2]))
     listener = socket.socket(fileno=int(sys.argv[1]))
-    ready_fd = os.environ.pop(READY_FD_ENV, None)
     settings = load_settings([])
     configure_logging(settings.log_level)
-    serve(settings, sockets=[listener], ready_fd=None if ready_fd is None else int(ready_fd))
+    liveness = WorkerLiveness(int(sys.argv[3]), int(sys.argv[4]), settings.liveness_timeout_s)
+    serve(settings, sockets=[listener], liveness=liveness)
 
 
 if __name__ == "__main__":

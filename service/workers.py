@@ -4,8 +4,9 @@ Python runs one request's framework code at a time per process; worker processes
 (HTTP parsing, routing, decoding, JSON) over every core. The supervisor binds the port once and passes
 the socket to each worker (the kernel hands every new connection to one of them), forwards SIGTERM so
 each worker drains its own requests, and keeps Prometheus metrics in one shared directory so that
-any worker's ``/metrics`` shows the whole server. A worker that dies on its own takes the server down
-(exit status 1): the orchestrator restarts the pod rather than this process guessing why.
+any worker's ``/metrics`` shows the whole server. A worker that dies on its own, or stops beating (stopped,
+hung), takes the server down (exit status 1): the orchestrator restarts the pod rather than this process
+guessing why.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from __future__ import annotations
 import logging
 import math
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import time
 from pathlib import Path
 from types import FrameType
 
+from niff_serve.liveness import BEAT, BEAT_INTERVAL_S, ChildLiveness, send, stale
 from niff_serve.metrics import PROMETHEUS_DIR_ENV
 from niff_serve.settings import Settings, env_name
 
@@ -67,7 +70,91 @@ def worker_environment(settings: Settings, workers: int, metrics_dir: str) -> di
     return env
 
 
-READY_FD_ENV = "NIFF_READY_FD"
+# Until a worker's first beat (its imports: ONNX Runtime, torch for TorchScript), it may be silent this long.
+FIRST_BEAT_GRACE_S = 120.0
+_TICK_S = 0.25
+
+
+class _Supervisor:
+    """The workers of one server and what the supervisor knows of them."""
+
+    def __init__(self, settings: Settings, listener: socket.socket, env: dict[str, str], metrics_dir: str) -> None:
+        self.settings = settings
+        self.listener = listener
+        self.env = env
+        self.metrics_dir = metrics_dir
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.lives: dict[int, ChildLiveness] = {}
+        self.exited: set[int] = set()
+        self.stopping = False
+        self.status = 0
+        self._last_pulse = 0.0
+
+    def spawn(self, count: int) -> None:
+        for _ in range(count):
+            beat_read, beat_write = os.pipe()
+            pulse_read, pulse_write = os.pipe()
+            command = [sys.executable, "-m", "niff_serve.worker", str(self.listener.fileno()), str(os.getpid())]
+            command += [str(beat_write), str(pulse_read)]
+            fds = [self.listener.fileno(), beat_write, pulse_read]
+            child = subprocess.Popen(command, env=self.env, pass_fds=fds)
+            os.close(beat_write)
+            os.close(pulse_read)
+            self.children[child.pid] = child
+            self.lives[child.pid] = ChildLiveness(child.pid, beat_read, pulse_write)
+            self.lives[child.pid].last_beat += FIRST_BEAT_GRACE_S
+
+    def stop_all(self, sig: int = signal.SIGTERM) -> None:
+        self.stopping = True
+        for pid, child in self.children.items():
+            if pid not in self.exited and child.poll() is None:
+                child.send_signal(sig)
+
+    def running(self) -> list[ChildLiveness]:
+        return [life for pid, life in self.lives.items() if pid not in self.exited]
+
+    def tick(self) -> None:
+        """Read beats, beat back, reap exits, and kill a worker that has gone silent."""
+        running = self.running()
+        readable, _, _ = select.select([life.beat_fd for life in running], [], [], _TICK_S)
+        for life in running:
+            if life.beat_fd in readable:
+                life.read()
+        now = time.monotonic()
+        if now - self._last_pulse >= BEAT_INTERVAL_S:
+            self._last_pulse = now
+            for life in running:
+                send(life.pulse_fd, BEAT)
+        self._reap()
+        for life in stale(self.running(), self.settings.liveness_timeout_s):
+            logger.error(
+                "worker %d sent no heartbeat for %.1f s (stopped or hung); killing it and stopping the server",
+                life.pid,
+                life.silent_for(now),
+            )
+            self.children[life.pid].kill()
+            self.status = self.status or 1
+            life.last_beat = float("inf")  # reported once; it is reaped next
+            self.stop_all()
+
+    def _reap(self) -> None:
+        from prometheus_client import multiprocess
+
+        for pid, child in self.children.items():
+            if pid in self.exited or child.poll() is None:
+                continue
+            self.exited.add(pid)
+            multiprocess.mark_process_dead(pid, self.metrics_dir)
+            if self.stopping:
+                continue
+            if self.lives[pid].ready:
+                logger.error("worker %d exited with %d; stopping the others", pid, child.returncode)
+            self.status = child.returncode if child.returncode > 0 else 1
+            self.stop_all()
+
+    def close(self) -> None:
+        for life in self.lives.values():
+            life.close()
 
 
 def supervise(settings: Settings, workers: int) -> int:
@@ -76,70 +163,39 @@ def supervise(settings: Settings, workers: int) -> int:
     The first worker starts alone: a model that cannot load ends the server with that worker's one
     error line, and the others start only once it serves. Once all serve, the supervisor logs so and
     lets go of the socket: when every worker has stopped accepting (the drain), connections are refused.
+    Every worker beats (:mod:`niff_serve.liveness`); one silent for ``liveness_timeout_s`` is killed and
+    the server stops, exit status 1.
     """
     listener = socket.create_server((settings.host, settings.port), backlog=_BACKLOG)
     metrics_dir = tempfile.mkdtemp(prefix="niff-metrics-")
     env = worker_environment(settings, workers, metrics_dir)
-    command = [sys.executable, "-m", "niff_serve.worker", str(listener.fileno()), str(os.getpid())]
-    children: list[subprocess.Popen[bytes]] = []
-    stopping = False
+    supervisor = _Supervisor(settings, listener, env, metrics_dir)
+    asked = False
 
     def forward(sig: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(sig)
+        nonlocal asked
+        asked = True
+        supervisor.stop_all(sig)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-
-    def start(count: int) -> bool:
-        """Start ``count`` workers; whether each of them came to serve."""
-        read_end, write_end = os.pipe()
-        ready_env = {**env, READY_FD_ENV: str(write_end)}
-        fds = [listener.fileno(), write_end]
-        children.extend(subprocess.Popen(command, env=ready_env, pass_fds=fds) for _ in range(count))
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as ready:
-            return len(ready.read(count)) == count  # end of file first: a worker stopped before it served
-
     try:
-        started = start(1) and start(workers - 1)
-        listener.close()  # the workers hold it now
-        if not started or stopping:
-            asked = stopping  # a signal during start-up, not a worker that failed
-            forward(signal.SIGTERM, None)
-            codes = [child.wait() for child in children]
-            return 0 if asked else next((code for code in codes if code > 0), 1)
-        logger.info("serving with %d worker processes", workers, extra={"pids": [c.pid for c in children]})
-        return _wait_for(children, metrics_dir, forward, lambda: stopping)
+        supervisor.spawn(1)
+        announced = False
+        while len(supervisor.exited) < len(supervisor.children):
+            supervisor.tick()
+            ready = [life for life in supervisor.lives.values() if life.ready]
+            if supervisor.stopping or announced or len(ready) < len(supervisor.children):
+                continue
+            if len(supervisor.children) < workers:
+                supervisor.spawn(workers - 1)
+                continue
+            announced = True
+            listener.close()  # the workers hold it now
+            pids = list(supervisor.children)
+            logger.info("serving with %d worker processes", workers, extra={"pids": pids})
+        return supervisor.status if supervisor.status or not asked else 0
     finally:
         listener.close()
+        supervisor.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def _wait_for(
-    children: list[subprocess.Popen[bytes]],
-    metrics_dir: str,
-    stop_all: Callable[[int, FrameType | None], None],
-    stopping: Callable[[], bool],
-) -> int:
-    """Reap workers until none is left; the first one to die unasked stops the rest and sets the status."""
-    from prometheus_client import multiprocess
-
-    status = 0
-    remaining = set(children)
-    while remaining:
-        pid, code = os.wait()
-        child = next((c for c in remaining if c.pid == pid), None)
-        if child is None:
-            continue
-        remaining.discard(child)
-        child.returncode = os.waitstatus_to_exitcode(code)
-        multiprocess.mark_process_dead(pid, metrics_dir)
-        if not stopping():
-            logger.error("worker %d exited with %d; stopping the others", pid, child.returncode)
-            status = child.returncode if child.returncode > 0 else 1
-            stop_all(signal.SIGTERM, None)
-    return status

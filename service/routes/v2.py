@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import StrictBool
 
 from niff_contract import TRITON_PLATFORMS, config_json, message_json
 from niff_serve import extensions
@@ -113,7 +114,8 @@ async def model_statistics(runtime: Model, state: State) -> dict[str, Any]:
 
 @router.post("/repository/index", summary="Models in the repository and their state")
 async def repository_index(
-    state: State, ready: Annotated[bool, Body(embed=True, description="Only models that are ready.")] = False
+    state: State,
+    ready: Annotated[StrictBool, Body(embed=True, description="Only models that are ready (true or false).")] = False,
 ) -> list[dict[str, Any]]:
     return message_json(extensions.repository_index(state, ready)).get("models", [])
 

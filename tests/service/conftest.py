@@ -334,11 +334,12 @@ def client(server: ServerProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
-    """A factory for further ready servers, ``start_server(repository, *args)``; all stop at the session's end."""
+    """A factory for further ready servers, ``start_server(repository, *args, api_key=None)``; all stop at the
+    session's end."""
     started: list[ServerProcess] = []
 
-    def start(repository: Path, *args: str) -> ServerProcess:
-        server = ServerProcess(repository, tmp_path_factory.mktemp("logs") / "server.log", *args)
+    def start(repository: Path, *args: str, api_key: str | None = None) -> ServerProcess:
+        server = ServerProcess(repository, tmp_path_factory.mktemp("logs") / "server.log", *args, api_key=api_key)
         started.append(server)
         server.wait_ready()
         return server

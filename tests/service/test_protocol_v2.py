@@ -18,7 +18,7 @@ from niff_serve.errors import BadRequest
 from niff_serve.postprocessing import softmax
 from niff_serve.protocol_v2 import HEADER_LENGTH, DecodedRequest, TensorShape, decode_request, encode_response
 
-SHAPE = TensorShape(size=4, num_classes=3)
+SHAPE = TensorShape(size=4, num_classes=3, max_batch_size=8)
 COUNT = 3 * 4 * 4
 
 

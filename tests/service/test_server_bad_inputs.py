@@ -149,7 +149,12 @@ CASES: dict[str, Case] = {
     "v2 unknown input": (400, "unknown input 'pixels'", lambda p, b: _v2({"inputs": [_fp32(name="pixels", data=[0])]})),
     "v2 no data": (400, "neither 'data' nor binary data", lambda p, b: _v2({"inputs": [_fp32()]})),
     "v2 too few values": (400, "3 values for shape", lambda p, b: _v2({"inputs": [_fp32(data=[1, 2, 3])]})),
-    "v2 strings as numbers": (400, "data must be numbers", lambda p, b: _v2({"inputs": [_fp32(data=["a"] * 3072)]})),
+    "v2 strings as numbers": (400, "data must be numbers", lambda p, b: _v2({"inputs": [_fp32(data=["a"] * 12)]})),
+    "v2 many values that are not numbers": (
+        400,
+        "holds 3088 values; an inference request for this model has at most",
+        lambda p, b: _v2({"inputs": [_fp32(data=["a"] * 3072)]}),
+    ),
     "v2 ragged data": (400, "3 values for shape", lambda p, b: _v2({"inputs": [_fp32(data=[[1, 2], [3]])]})),
     "v2 binary size mismatch": (
         400,

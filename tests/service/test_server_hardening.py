@@ -180,14 +180,17 @@ def test_connections_beyond_the_limit_get_503(start_server, tiny_only_repository
     server = start_server(tiny_only_repository, "--max-connections", "4")
     held = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(4)]
     try:
-        extra = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-        answer = read_until_closed(extra, timeout=10)
-        assert answer.startswith(b"HTTP/1.1 503 ") and b"too many open connections" in answer
+        for _ in range(30):
+            extra = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            answer = read_until_closed(extra, timeout=10)
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"too many open connections" in answer
     finally:
         for sock in held:
             sock.close()
     with server.client() as client:  # freed slots serve again
         assert client.get("/healthz").status_code == 200
+    refusals = server.wait_for_log(lambda record: "beyond the limit of 4 open connections" in record["message"])
+    assert len(refusals) == 1  # a burst is one line, not one per connection
 
 
 def test_bodies_beyond_the_memory_budget_get_503(guarded: ServerProcess, raw: socket.socket) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 from polling import wait_until
 
@@ -80,3 +81,29 @@ def test_workers_do_not_outlive_a_killed_supervisor(pair: ServerProcess) -> None
     pair.process.wait(60)
     for pid in workers:
         wait_until(lambda pid=pid: not running(pid), f"worker {pid} outlived its supervisor")
+
+
+def test_a_stopped_worker_stops_the_server(pair: ServerProcess) -> None:
+    """SIGSTOP: the worker holds the socket but answers nothing, while the other one answers the probes."""
+    victim, survivor = workers_of(pair)
+    os.kill(victim, signal.SIGSTOP)
+    assert pair.process.wait(60) == 1
+    wait_until(lambda: not running(survivor), "the other worker outlived the supervisor")
+    wait_until(lambda: not running(victim), "the stopped worker was not killed")
+    assert f"worker {victim} sent no heartbeat for" in pair.log()
+
+
+def test_a_stopped_supervisor_makes_the_workers_report_not_ready(pair: ServerProcess) -> None:
+    """Nobody would notice a failing worker then: the pod leaves the load balancer until the supervisor is back."""
+
+    def ready() -> int:
+        return httpx.get(f"{pair.url}/v2/health/ready", timeout=10).status_code
+
+    os.kill(pair.process.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: ready() == 503, "the workers stayed ready without their supervisor")
+        assert httpx.get(f"{pair.url}/healthz", timeout=10).status_code == 200  # alive: not a reason to restart
+    finally:
+        os.kill(pair.process.pid, signal.SIGCONT)
+    wait_until(lambda: ready() == 200, "the workers did not become ready again")
+    assert "no beat from the supervisor" in pair.log()
