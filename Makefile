@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 VENV_TORCH_VERSION ?= 2.13.0
 TORCH_VARIANT ?= cpu
 
-.PHONY: install test lint clean serve export
+.PHONY: install test lint clean serve export browser
 
 # `make serve` exports a checkpoint (once; again only when the checkpoint or these settings change) and
 # serves it. By default the embedded digits model; any other: make serve CHECKPOINT=ckpt.pt SIZE=224 [ARCH=...]
@@ -23,8 +23,11 @@ MODELS ?= models
 HOST ?= 127.0.0.1
 PORT ?= 8000
 GRPC_PORT ?= 8001
-EXAMPLE ?= examples/digits/digit-7.png
-EXPORT_ARGS = $(CHECKPOINT) --size $(SIZE) --out $(MODELS) --name $(NAME) $(if $(ARCH),--arch $(ARCH))
+# The image `make serve` suggests classifying: the shipped digit for the digits model; any other, your own.
+EXAMPLE ?= $(if $(filter $(DEFAULT_CHECKPOINT),$(CHECKPOINT)),examples/digits/digit-7.png,YOUR_IMAGE.jpg)
+# The embedded model's kernel report (a few seconds) goes into its folder, for the page at /.
+REPORT ?= $(if $(filter $(DEFAULT_CHECKPOINT),$(CHECKPOINT)),--report)
+EXPORT_ARGS = $(CHECKPOINT) --size $(SIZE) --out $(MODELS) --name $(NAME) $(if $(ARCH),--arch $(ARCH)) $(REPORT)
 EXPORT_STAMP = $(MODELS)/.$(NAME).export
 
 install: $(VENV)/.installed
@@ -39,8 +42,19 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint
+test: lint browser
 	$(PY) -m pytest
+
+# The page's tests (tests/service/test_ui_page.py) drive a headless Chromium: Debian's, installed here when
+# missing and this is root on a Debian-like system; NIFF_CHROMIUM names another one.
+browser:
+	@if [ -z "$$NIFF_CHROMIUM" ] && ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "make: the page tests need Chromium: sudo apt-get install chromium (or set NIFF_CHROMIUM)" >&2; exit 1; \
+		fi; \
+	fi
 
 export: install
 	@test -f "$(CHECKPOINT)" || { echo "make: checkpoint $(CHECKPOINT) not found" >&2; exit 1; }
@@ -53,7 +67,7 @@ export: install
 
 serve: export
 	@echo "Starting niff-serve on http://$(HOST):$(PORT) (gRPC on $(HOST):$(GRPC_PORT)) with the model repository $(MODELS)/ (Ctrl-C stops it)."
-	@echo "Once it reports ready, try:"
+	@echo "Once it reports ready, open http://$(HOST):$(PORT)/ in a browser, or try:"
 	@echo "  curl -s --data-binary @$(EXAMPLE) http://$(HOST):$(PORT)/v1/models/$(NAME):classify"
 	$(VENV)/bin/niff-serve --model-repository $(MODELS) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
 

@@ -31,9 +31,11 @@ from niff_contract import (
     LABELS_FILE,
     MODEL_FILES,
     OUTPUT_NAME,
+    REPORT_DIR,
     ArtifactRecord,
     CheckpointRecord,
     Manifest,
+    ReportRecord,
     TensorSpec,
     config_text,
     describe_errors,
@@ -78,6 +80,8 @@ class ExportOptions:
     then reproduce the compact model exactly, and its agreement with the exact model is gated. ``tune``
     times each spectral layer's candidate lowerings on this machine's runtime and keeps the fastest;
     otherwise a default table applies. Each artifact's ``spectral_layers`` in niff.json records the choice.
+    ``report`` writes niff-report's kernel report into the folder's ``report/`` (needs matplotlib, the
+    ``report`` extra), where niff-serve's page shows it.
     """
 
     formats: Sequence[str] = FORMATS
@@ -91,6 +95,7 @@ class ExportOptions:
     version: int = 1
     compact: CompactRequest | None = None
     tune: bool = False
+    report: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,10 @@ def export_model(
     ``fields`` are :class:`ExportOptions` fields, a shorthand for ``options``.
     """
     options = replace(options or ExportOptions(), **fields)
+    if options.report:
+        from niff_export.report.figures import require_matplotlib  # the report extra, only when asked
+
+        require_matplotlib()  # before hours of export, not after
     timings: dict[str, float] = {}
     plan = _plan(model.eval(), size, name, options, progress, timings)
     staging = StagingFolder(Path(out_dir), plan.name, options.version)
@@ -202,7 +211,8 @@ def export_model(
         built = _build(plan, staging, progress, timings)
         with _stage(progress, timings, "Checking parity with eager PyTorch"):
             report, agreement = _verify(plan, built, staging.path / staging.version_dir)
-        manifest = _write(plan, built, staging, report, agreement, checkpoint)
+        kernel_report = _write_report(plan, staging, progress, timings) if options.report else None
+        manifest = _write(plan, built, staging, report, agreement, checkpoint, kernel_report)
         path = staging.commit()
     except BaseException:
         staging.discard()
@@ -233,7 +243,7 @@ def _plan(
     name = check_name(name or (spec.arch if spec and spec.arch else f"{type(model).__name__.lower()}_{size}"))
     num_classes = spec.num_classes if spec else int(model(torch.zeros(1, 3, size, size)).shape[1])
     given = list(options.labels) if options.labels is not None else (spec.labels if spec else None)
-    preprocessing = _preprocessing(spec.preprocessing if spec else niff.Preprocessing(), size, options.preprocessing)
+    preprocessing = planned_preprocessing(model, size, options.preprocessing)
     compact, calibration = None, None
     if options.compact is not None:
         with _stage(progress, timings, f"Measuring kernels at {size}x{size} for compaction"):
@@ -255,8 +265,11 @@ def _plan(
     )
 
 
-def _preprocessing(base: niff.Preprocessing, size: int, overrides: Mapping[str, Any]) -> niff.Preprocessing:
-    """The model's preprocessing at ``size`` with ``overrides``, validated by the contract."""
+def planned_preprocessing(model: nn.Module, size: int, overrides: Mapping[str, Any]) -> niff.Preprocessing:
+    """The preprocessing an export of ``model`` at ``size`` records: the model's own (``niff_spec``; ImageNet's
+    defaults without one) at ``size``, with ``overrides`` (``ExportOptions.preprocessing``), validated."""
+    spec = getattr(model, "niff_spec", None)
+    base = spec.preprocessing if spec else niff.Preprocessing()
     try:
         return base.updated(**overrides, input_size=size)
     except ValidationError as exc:
@@ -371,6 +384,7 @@ def _write(
     report: ParityReport,
     agreement: AgreementReport | None,
     checkpoint: str | os.PathLike[str] | None,
+    kernel_report: ReportRecord | None,
 ) -> Manifest:
     """niff.json, config.pbtxt and labels.txt from the contract's records, into the staging folder.
 
@@ -397,6 +411,7 @@ def _write(
             for fmt, artifact in built.artifacts.items()
         },
         parity=report.record(),
+        report=kernel_report,
         checkpoint=CheckpointRecord(file=os.path.basename(checkpoint), sha256=sha256_file(checkpoint))
         if checkpoint
         else None,
@@ -409,6 +424,17 @@ def _write(
     staging.write_text("config.pbtxt", config_text(model_config(manifest, round(options.max_batch_delay_ms * 1000))))
     staging.write_text("niff.json", manifest.to_json())
     return manifest
+
+
+def _write_report(
+    plan: _Plan, staging: StagingFolder, progress: Progress | None, timings: dict[str, float]
+) -> ReportRecord:
+    """niff-report's kernel report of the exported model, in the staging folder's ``report/``."""
+    from niff_export.report.api import report_model  # the report extra (matplotlib): imported only when asked
+
+    with _stage(progress, timings, "Writing the kernel report"):
+        result = report_model(plan.model, plan.size, staging.path / REPORT_DIR, plan.name)
+    return ReportRecord(files={path.name: sha256_file(path) for path in result.files})
 
 
 def export_checkpoint(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,18 @@ DEFAULT_OPSET = {"matmul": 18, "dft": 20}
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence exporter chatter (deprecation notes, tracer warnings, progress prints)."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    """Silence exporter chatter (deprecation notes, tracer warnings, progress prints, and the dynamo
+    exporter's log warnings such as "torchvision is not installed. Skipping torchvision::nms", which would
+    land in the middle of niff-export's progress line). Errors still raise."""
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        exporter_log.setLevel(level)
 
 
 def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, lowering: str, opset: int | None) -> dict[str, Any]:

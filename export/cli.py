@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from torch import nn
+
 import niff
 from niff_contract import INTERPOLATIONS
 from niff_export.api import (
@@ -18,8 +20,10 @@ from niff_export.api import (
     ExportOptions,
     ExportResult,
     check_size,
-    export_checkpoint,
+    export_model,
     installed_versions,
+    load_model,
+    planned_preprocessing,
 )
 from niff_export.compact import CompactRequest
 from niff_export.errors import ExportError
@@ -145,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         "machine's runtime at batch 8 (or --max-batch-size if smaller) and keep the fastest; "
         "without it a default table measured on ONNX Runtime CPU applies. Choices and timings go into niff.json",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write niff-report's kernel report (report.json, figures, report.md) into the model folder's "
+        "report/, listed in niff.json; niff-serve's page shows it (needs the report extra: matplotlib)",
+    )
     parser.add_argument("--fp16", action="store_true", help="compute in float16 (inputs and outputs stay float32)")
     parser.add_argument(
         "--labels",
@@ -237,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 _ADVICE = {
     "arch": "pass --arch NAME (niff-export --help lists the names)",
     "trust_pickle": "loading them can run code; if you trust the file, pass --trust-pickle",
+    "ema": "leave out --ema for its model weights",
 }
 
 
@@ -252,6 +263,7 @@ class _ProgressPrinter:
 
     def __init__(self, total: int) -> None:
         self.total, self.index = total, 0
+        self.in_line = False  # a stage's line is waiting for its time
 
     def __call__(self, message: str, seconds: float | None) -> None:
         if seconds is None:
@@ -259,6 +271,54 @@ class _ProgressPrinter:
             print(f"[{self.index}/{self.total}] {message} …", end="", file=sys.stderr, flush=True)
         else:
             print(f" {seconds:.1f} s", file=sys.stderr, flush=True)
+        self.in_line = seconds is None
+
+    def end_line(self) -> None:
+        """Before a message of its own: end a stage line left open (by an error)."""
+        if self.in_line:
+            print(file=sys.stderr)
+            self.in_line = False
+
+
+# The preprocessing fields a checkpoint's metadata or an option sets (input_size is --size; resize follows).
+_PREPROCESSING_OPTIONS = {
+    "crop_pct": "--crop-pct",
+    "interpolation": "--interpolation",
+    "mean": "--mean",
+    "std": "--std",
+}
+
+
+def _preprocessing_line(model: nn.Module, size: int, overrides: dict[str, object]) -> str:
+    """The preprocessing the export records, and where each part comes from: the options, the checkpoint's
+    metadata, or else the architecture's defaults (then said, since a model trained otherwise would be
+    served wrong)."""
+    used = planned_preprocessing(model, size, overrides)
+    spec = model.niff_spec
+    from_checkpoint = set(spec.preprocessing_from_checkpoint)
+    numbers = lambda values: ",".join(f"{v:g}" for v in values)  # noqa: E731
+    line = (
+        f"Preprocessing: input {used.input_size}x{used.input_size}, resize {used.resize}, crop_pct {used.crop_pct:g}, "
+        f"{used.interpolation} interpolation, mean {numbers(used.mean)}, std {numbers(used.std)}"
+    )
+    defaults = [f for f in _PREPROCESSING_OPTIONS if f not in overrides and f not in from_checkpoint]
+    if not defaults:
+        sources = [name for name, given in (("the checkpoint", from_checkpoint), ("the options", overrides)) if given]
+        return f"{line} (from {' and '.join(sources)})"
+    one = len(defaults) == 1
+    imagenet = niff.Preprocessing()
+    if all(getattr(used, f) == getattr(imagenet, f) for f in defaults):
+        kind = "the ImageNet default" if one else "ImageNet defaults"
+    else:
+        kind = f"the default{'' if one else 's'} of {spec.arch or spec.builder}"
+    if len(defaults) < len(_PREPROCESSING_OPTIONS):
+        kind = f"{', '.join(defaults)} {'is' if one else 'are'} {kind}"
+    if from_checkpoint & set(_PREPROCESSING_OPTIONS):
+        why = f"{kind}: the checkpoint's preprocessing metadata does not set {'it' if one else 'them'}"
+    else:
+        why = f"{kind}: the checkpoint has no preprocessing metadata"
+    flags = ", ".join(_PREPROCESSING_OPTIONS[f] for f in defaults)
+    return f"{line} ({why}; if it was trained with others, pass {flags})"
 
 
 def _summary(result: ExportResult, elapsed: float) -> str:
@@ -289,10 +349,10 @@ def _compact_request(args: argparse.Namespace) -> CompactRequest | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
+    progress = _ProgressPrinter(total=0)
     try:
         compact = _compact_request(args)
-        stages = 3 + len(args.formats) * (2 if args.tune else 1) + (compact is not None)
-        progress = _ProgressPrinter(total=stages)
+        progress.total = 3 + len(args.formats) * (2 if args.tune else 1) + (compact is not None) + args.report
         options = ExportOptions(
             formats=args.formats,
             fft=args.fft,
@@ -309,27 +369,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=args.model_version,
             compact=compact,
             tune=args.tune,
+            report=args.report,
         )
-        result = export_checkpoint(
-            args.checkpoint,
-            args.size,
-            args.out,
-            options,
-            arch=args.arch,
-            num_classes=args.num_classes,
-            trust_pickle=args.trust_pickle,
-            ema=args.ema,
-            name=args.name,
-            progress=progress,
+        # export_checkpoint's two steps, to say which preprocessing the export assumes before it starts.
+        progress("Loading checkpoint", None)
+        loading = time.perf_counter()
+        model = load_model(
+            args.checkpoint, arch=args.arch, num_classes=args.num_classes, trust_pickle=args.trust_pickle, ema=args.ema
         )
+        progress("Loading checkpoint", time.perf_counter() - loading)
+        print(_preprocessing_line(model, args.size, options.preprocessing), file=sys.stderr, flush=True)
+        name = args.name or (None if model.niff_spec.arch else args.checkpoint.stem)
+        result = export_model(model, args.size, args.out, name, options, checkpoint=args.checkpoint, progress=progress)
     except ExportError as exc:
-        print(f"\nniff-export: error: {_error_message(exc)}", file=sys.stderr)
+        progress.end_line()
+        print(f"niff-export: error: {_error_message(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"\nniff-export: error: {exc}", file=sys.stderr)
+        progress.end_line()
+        print(f"niff-export: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nniff-export: interrupted; nothing was written", file=sys.stderr)
+        progress.end_line()
+        print("niff-export: interrupted; nothing was written", file=sys.stderr)
         return 130
     print(_summary(result, time.perf_counter() - start))
     return 0

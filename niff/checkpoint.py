@@ -10,6 +10,7 @@ import argparse
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -36,6 +37,7 @@ SAFE_GLOBALS = [argparse.Namespace]
 ADVICE = {
     "arch": "pass arch= one of the zoo's names (niff.list_models())",
     "trust_pickle": "loading them can run code; if you trust the file, pass trust_pickle=True",
+    "ema": "leave out ema=True to load its model weights",
 }
 
 
@@ -55,6 +57,8 @@ class CheckpointError(ValueError):
 def read_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) -> Any:
     """The object stored in a checkpoint file, with errors that say what is wrong with the file."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"no such checkpoint file: {path}")
     _check_container(path)
@@ -89,6 +93,18 @@ def _check_container(path: str) -> None:
             f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or a pickle in its legacy "
             "format), and this file is neither"
         )
+    if is_zip and _is_torchscript_archive(path):
+        raise CheckpointError(f"{path} is an exported TorchScript model, not a training checkpoint")
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """Whether a zip is a TorchScript archive (torch.jit.save: it has ``constants.pkl``, as torch checks), which
+    torch.load would hand to torch.jit.load with a warning, or refuse under weights_only."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False  # torch.load says what is wrong with it
 
 
 def extract_state_dict(obj: Any, ema: bool = False) -> dict[str, Tensor]:
@@ -100,7 +116,7 @@ def extract_state_dict(obj: Any, ema: bool = False) -> dict[str, Tensor]:
     if ema:
         key = next((k for k in EMA_KEYS if isinstance(obj.get(k), (Mapping, nn.Module))), None)
         if key is None:
-            raise CheckpointError(f"ema=True but the checkpoint has no EMA weights (looked for {', '.join(EMA_KEYS)})")
+            raise CheckpointError(f"the checkpoint has no EMA weights (looked for {', '.join(EMA_KEYS)})", option="ema")
         return extract_state_dict(obj[key])
     if not any(isinstance(v, Tensor) for v in obj.values()):
         key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), (Mapping, nn.Module))), None)
@@ -179,13 +195,14 @@ def _with_metadata(spec: ModelSpec, stored: Any) -> ModelSpec:
     if not isinstance(meta, Mapping):
         return spec
     try:
-        preprocessing = spec.preprocessing.updated(**meta.get("preprocessing", {}))
+        given = meta.get("preprocessing", {})
+        preprocessing = spec.preprocessing.updated(**given)
         labels = tuple(str(label) for label in meta["labels"]) if "labels" in meta else spec.labels
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"the checkpoint's {METADATA_KEY!r} metadata is malformed: {exc}") from None
     if labels is not None and len(labels) != spec.num_classes:
         raise CheckpointError(f"the checkpoint lists {len(labels)} labels for {spec.num_classes} classes")
-    return replace(spec, preprocessing=preprocessing, labels=labels)
+    return replace(spec, preprocessing=preprocessing, labels=labels, preprocessing_from_checkpoint=tuple(given))
 
 
 def _entry(arch: str) -> ModelEntry:

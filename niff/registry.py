@@ -29,7 +29,11 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a built model is: registry name (None for a variant outside the zoo), class, arguments."""
+    """What a built model is: registry name (None for a variant outside the zoo), class, arguments.
+
+    ``preprocessing_from_checkpoint`` names the preprocessing fields that a loaded checkpoint's metadata
+    set (``niff.load_checkpoint``); the others are the architecture's defaults.
+    """
 
     arch: str | None
     builder: str
@@ -37,6 +41,7 @@ class ModelSpec:
     num_classes: int
     preprocessing: Preprocessing
     labels: tuple[str, ...] | None = None
+    preprocessing_from_checkpoint: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

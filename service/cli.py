@@ -2,14 +2,17 @@
 
 Options mirror :class:`~niff_serve.settings.Settings` one to one (``--max-batch-size`` is
 ``NIFF_MAX_BATCH_SIZE``) and override the environment. Bad settings or an unusable model folder end
-the process with one line on stderr and exit status 2; a model that fails to load or warm up ends it
-with status 1.
+the process with one line on stderr and exit status 2; a port that cannot be bound (checked before any
+model loads), or a model that fails to load or warm up, ends it with status 1. SIGTERM and Ctrl-C (SIGINT)
+both drain: no new connections, the requests in flight are answered; Ctrl-C then exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import signal
 import socket
 import sys
 import threading
@@ -24,14 +27,14 @@ from pydantic_settings import SettingsError
 from niff_contract import ContractError, describe_errors, scan_repository
 from niff_serve.app import create_app
 from niff_serve.backends import choose_backend
-from niff_serve.connections import ConnectionLimits, limited_protocol, raise_open_file_limit
+from niff_serve.connections import ConnectionLimits, check_port, limited_protocol, raise_open_file_limit
 from niff_serve.errors import ConfigurationError
 from niff_serve.grpc_server import check_grpc_port
 from niff_serve.liveness import WorkerLiveness
 from niff_serve.logs import configure_logging
 from niff_serve.memory import release_freed_memory
 from niff_serve.runtime import ServiceState
-from niff_serve.settings import Settings, env_name
+from niff_serve.settings import ENV_PREFIX, Settings, env_name, unknown_env_names
 from niff_serve.version import __version__
 from niff_serve.workers import supervise, worker_count
 
@@ -58,14 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
         elif field.default_factory is not None:
             default = "see above"
         else:
-            default = "unset" if field.default is None else f"{field.default}"
+            default = "unset" if field.default is None else f"{field.default}".lower()
+        help_text = f"{field.description} [env {env_name(name)}; default: {default}]"
+        if field.annotation is bool:  # --ui / --no-ui
+            parser.add_argument(
+                option_name(name),
+                dest=name,
+                default=argparse.SUPPRESS,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+            continue
         parser.add_argument(
             option_name(name),
             dest=name,
             default=argparse.SUPPRESS,
             choices=choices,
             metavar=name.split("_")[-1].upper() if choices is None else None,
-            help=f"{field.description} [env {env_name(name)}; default: {default}]",
+            help=help_text,
         )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
@@ -77,9 +90,20 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
     try:
         return Settings(**vars(args))
     except ValidationError as exc:
-        fail("invalid settings: " + describe_errors(exc.errors(), lambda f: f"{option_name(f)} / {env_name(f)}"))
+        errors = describe_errors(exc.errors(), lambda f: f"{option_name(f)} / {env_name(f)}")
+        fail(f"invalid settings: {errors}{_unknown_names()}")
     except SettingsError as exc:
-        fail(f"invalid settings: {exc}")
+        fail(f"invalid settings: {exc}{_unknown_names()}")
+
+
+def _unknown_names() -> str:
+    """The NIFF_* variables no setting reads, likely misspelt (NIFF_MODEL_REPO), as an addition to an error."""
+    known = [name.upper() for name in Settings.model_fields]
+    notes = []
+    for name in unknown_env_names():
+        close = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), known, n=1)
+        notes.append(f"{name} is not a known setting" + (f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""))
+    return "".join(f"; {note}" for note in notes)
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
@@ -95,6 +119,10 @@ class DrainingServer(uvicorn.Server):
     flight. A second signal skips the rest of the delay. ``drain_also`` begins the drain of the
     other listener (gRPC) at the same moment as HTTP's. A worker's ``state.liveness`` tells its supervisor
     once the server accepts connections (its models loaded).
+
+    Ctrl-C (SIGINT) drains as SIGTERM does. A worker (``worker``) ignores SIGINT: Ctrl-C in a terminal
+    reaches the whole process group, and the supervisor forwards it as SIGTERM; heeding both would be a
+    second signal, which makes uvicorn quit without draining.
     """
 
     def __init__(
@@ -103,11 +131,13 @@ class DrainingServer(uvicorn.Server):
         state: ServiceState,
         delay_s: float,
         drain_also: Callable[[], Awaitable[None]],
+        worker: bool = False,
     ) -> None:
         super().__init__(config)
         self._state = state
         self._delay_s = delay_s
         self._drain_also = drain_also
+        self._worker = worker
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -120,6 +150,8 @@ class DrainingServer(uvicorn.Server):
         await draining
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._worker and sig == signal.SIGINT:
+            return
         stop = super().handle_exit
         if self._state.draining or self._delay_s == 0:
             self._state.begin_drain()
@@ -145,17 +177,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(str(exc))
     configure_logging(settings.log_level)
     workers = worker_count(settings, "cuda" if "cuda" in devices else "cpu")
-    if workers == 1:
-        serve(settings)
-        return
-    if settings.grpc_port:
-        try:
-            check_grpc_port(settings)  # the workers share it, each with SO_REUSEPORT
-        except ConfigurationError as exc:
-            fail(f"start-up failed: {exc}", status=1)
-    status = supervise(settings, workers)
+    try:
+        check_ports(settings)
+        if workers == 1:
+            serve(settings)
+            return
+        status = supervise(settings, workers)
+    except ConfigurationError as exc:  # a port taken since its check
+        fail(f"start-up failed: {exc}", status=1)
     if status:
         raise SystemExit(status)
+
+
+def check_ports(settings: Settings) -> None:
+    """Bind the HTTP and gRPC ports once each before any model loads: a port that something holds stops
+    start-up with one line (several workers then share the gRPC port, each with SO_REUSEPORT)."""
+    check_port(settings.host, settings.port)
+    if settings.grpc_port:
+        check_grpc_port(settings)
 
 
 def serve(
@@ -181,10 +220,14 @@ def serve(
         # Every request ends by its deadline, so in-flight work is done by then.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 2,
     )
-    server = DrainingServer(config, state, settings.shutdown_delay_s, app.state.grpc.stop)
+    server = DrainingServer(config, state, settings.shutdown_delay_s, app.state.grpc.stop, worker=sockets is not None)
     try:
         server.run(sockets=sockets)
     except SystemExit:
         if state.startup_error is not None:
             fail(f"start-up failed: {state.startup_error}", status=1)
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C: uvicorn has drained and stopped, then raised the SIGINT again, which asyncio's runner
+        # turns into KeyboardInterrupt. The drain is over: exit as a shell reports an interrupted program.
+        raise SystemExit(128 + signal.SIGINT) from None

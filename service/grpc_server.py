@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from niff_contract import TRITON_PLATFORMS
 from niff_serve import extensions
 from niff_serve.auth import bearer_token, check_api_key
 from niff_serve.backends import ARTIFACT_OF
+from niff_serve.connections import check_port, listen_address
 from niff_serve.deadline import Deadline
 from niff_serve.errors import BadRequest, ConfigurationError, ServiceError, ServiceUnavailable, Unsupported
 from niff_serve.grpc_codec import decode_infer_request, encode_infer_response, metadata_message, model_of
@@ -259,22 +259,13 @@ def handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
 
 
 def grpc_address(settings: Settings) -> str:
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    return f"{host}:{settings.grpc_port}"
+    return listen_address(settings.host, settings.grpc_port)
 
 
 def check_grpc_port(settings: Settings) -> None:
     """Bind the gRPC port once, as gRPC would (without SO_REUSEPORT): a port that anything holds becomes
     this one-line error, where gRPC's own failure would also write its C core's log line to stderr."""
-    try:
-        family, kind, protocol, _, address = socket.getaddrinfo(
-            settings.host, settings.grpc_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot listen for gRPC on {grpc_address(settings)}: {exc.strerror or exc}") from None
+    check_port(settings.host, settings.grpc_port, "gRPC")
 
 
 class GrpcEndpoint:

@@ -3,6 +3,9 @@
 ``python -m niff_serve.worker LISTENER_FD SUPERVISOR_PID BEAT_FD PULSE_FD``: serve the inherited listening
 socket with the settings in the environment, beating to the supervisor on BEAT_FD and hearing it on PULSE_FD
 (:mod:`niff_serve.liveness`).
+
+A worker ignores SIGINT from its first moment: Ctrl-C in a terminal reaches the whole process group, and
+the supervisor forwards it as SIGTERM, the one signal a worker drains on.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import signal
 import socket
 import sys
 
-from niff_serve.cli import load_settings, serve
-from niff_serve.liveness import WorkerLiveness
-from niff_serve.logs import configure_logging
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # before the imports below, which take a while
+
+from niff_serve.cli import load_settings, serve  # noqa: E402
+from niff_serve.liveness import WorkerLiveness  # noqa: E402
+from niff_serve.logs import configure_logging  # noqa: E402
 
 _PR_SET_PDEATHSIG = 1
 

@@ -2,12 +2,11 @@
 
 Python runs one request's framework code at a time per process; worker processes spread that work
 (HTTP parsing, routing, decoding, JSON) over every core. The supervisor binds the port once and passes
-the socket to each worker (the kernel hands every new connection to one of them), forwards SIGTERM so
-each worker drains its own requests, and keeps Prometheus metrics in one shared directory so that
-any worker's ``/metrics`` shows the whole server. A worker that dies on its own, or stops beating (stopped,
-hung), takes the server down (exit status 1): the orchestrator restarts the pod rather than this process
-guessing why.
-"""
+the socket to each worker (the kernel hands every new connection to one of them), forwards SIGTERM (and
+Ctrl-C's SIGINT, as SIGTERM) so each worker drains its own requests, and keeps Prometheus metrics in one
+shared directory so that any worker's ``/metrics`` shows the whole server. A worker that dies on its own,
+or stops beating (stopped, hung), takes the server down (exit status 1): the orchestrator restarts the pod
+rather than this process guessing why."""
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from niff_serve.connections import cannot_listen
 from niff_serve.liveness import BEAT, BEAT_INTERVAL_S, ChildLiveness, send, stale
 from niff_serve.metrics import PROMETHEUS_DIR_ENV
 from niff_serve.settings import Settings, env_name
@@ -166,16 +166,21 @@ def supervise(settings: Settings, workers: int) -> int:
     Every worker beats (:mod:`niff_serve.liveness`); one silent for ``liveness_timeout_s`` is killed and
     the server stops, exit status 1.
     """
-    listener = socket.create_server((settings.host, settings.port), backlog=_BACKLOG)
+    try:
+        listener = socket.create_server((settings.host, settings.port), backlog=_BACKLOG)
+    except OSError as exc:
+        raise cannot_listen(settings.host, settings.port, exc) from None
     metrics_dir = tempfile.mkdtemp(prefix="niff-metrics-")
     env = worker_environment(settings, workers, metrics_dir)
     supervisor = _Supervisor(settings, listener, env, metrics_dir)
-    asked = False
+    asked: int | None = None
 
     def forward(sig: int, frame: FrameType | None) -> None:
+        # As SIGTERM: Ctrl-C sends SIGINT to the whole process group, workers included, and they ignore it
+        # (see niff_serve.worker); each then drains on this SIGTERM alone.
         nonlocal asked
-        asked = True
-        supervisor.stop_all(sig)
+        asked = asked or sig
+        supervisor.stop_all(signal.SIGTERM)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
@@ -194,7 +199,9 @@ def supervise(settings: Settings, workers: int) -> int:
             listener.close()  # the workers hold it now
             pids = list(supervisor.children)
             logger.info("serving with %d worker processes", workers, extra={"pids": pids})
-        return supervisor.status if supervisor.status or not asked else 0
+        if supervisor.status or asked is None:
+            return supervisor.status
+        return 128 + signal.SIGINT if asked == signal.SIGINT else 0  # Ctrl-C: a shell's usual 130
     finally:
         listener.close()
         supervisor.close()

@@ -11,11 +11,15 @@ from collections import Counter
 import pytest
 import torch
 from model_helpers import zoo_model
+from torch import nn
 
+from niff import digits
 from niff_export.cli import main
 from niff_export.tuning import candidates
 
 SMALL = 32
+DIGITS = str(digits.DEFAULT_CHECKPOINT)  # the shipped checkpoint, with preprocessing metadata
+PROGRESS_LINE = re.compile(r"\[\d/\d\] .+ … \d+\.\d s")
 
 
 def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -37,6 +41,11 @@ def test_exports_a_checkpoint(checkpoint, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "[1/5] Loading checkpoint" in done.stderr and "[5/5] Checking parity" in done.stderr
     assert "Exported cifar (resnet18_split, 10 classes)" in done.stdout
+    assert done.stderr.splitlines()[1] == (
+        "Preprocessing: input 32x32, resize 36, crop_pct 0.875, bilinear interpolation, mean 0.485,0.456,0.406, "
+        "std 0.229,0.224,0.225 (ImageNet defaults: the checkpoint has no preprocessing metadata; if it was trained "
+        "with others, pass --crop-pct, --interpolation, --mean, --std)"
+    )
     assert "onnx (fp32)" in done.stdout and "ok" in done.stdout
     meta = json.loads((tmp_path / "cifar" / "niff.json").read_text())
     assert meta["checkpoint"]["file"] == "cifar_resnet.pth"
@@ -213,3 +222,76 @@ def test_an_error_from_the_real_process_is_one_line_and_status_1(tmp_path):
         "its legacy format), and this file is neither"
     )
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "metadata, extra, said",
+    [
+        (None, [], "input 32x32, resize 32, crop_pct 1, bilinear interpolation, mean 0.69495,0.69495,0.69495, "),
+        (None, [], "(from the checkpoint)"),
+        (
+            {"mean": [0.5] * 3, "std": [0.25] * 3},
+            ["--interpolation", "bicubic"],
+            "input 32x32, resize 36, crop_pct 0.875, bicubic interpolation, mean 0.5,0.5,0.5, std 0.25,0.25,0.25 "
+            "(crop_pct is the ImageNet default: the checkpoint's preprocessing metadata does not set it; if it was "
+            "trained with others, pass --crop-pct)",
+        ),
+        (
+            {},
+            ["--crop-pct", "1", "--interpolation", "bicubic", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"],
+            "input 32x32, resize 32, crop_pct 1, bicubic interpolation, mean 0.5,0.5,0.5, std 0.5,0.5,0.5 "
+            "(from the options)",
+        ),
+    ],
+    ids=["checkpoint-values", "checkpoint", "partial-metadata", "options"],
+)
+def test_the_preprocessing_is_said_with_where_it_comes_from(tmp_path, capsys, metadata, extra, said):
+    checkpoint = DIGITS
+    if metadata is not None:  # the digits weights with other metadata ({}: none)
+        checkpoint = str(tmp_path / "digits.pt")
+        stored = torch.load(DIGITS, weights_only=True)
+        torch.save(
+            {"model": stored["model"], **({"niff": {"preprocessing": metadata}} if metadata else {})}, checkpoint
+        )
+    status, _, err = main_(
+        checkpoint, "--size", "32", "--out", str(tmp_path / "out"), "--format", "onnx", *extra, capsys=capsys
+    )
+    assert status == 0, err
+    [line] = [line for line in err.splitlines() if line.startswith("Preprocessing: ")]
+    assert said in line
+    assert err.splitlines().index(line) == 1  # right after loading, before the export's long stages
+
+
+def test_an_exported_torchscript_model_is_not_a_checkpoint(tmp_path, capsys, recwarn):
+    path = tmp_path / "model.pt"
+    torch.jit.script(nn.Linear(2, 2)).save(str(path))  # what niff-export writes as 1/model.pt
+    recwarn.clear()
+    err = _fails(main_(str(path), "--size", "32", "--out", str(tmp_path / "out"), capsys=capsys), "", status=1)
+    assert (
+        err.splitlines()[-1]
+        == f"niff-export: error: {path} is an exported TorchScript model, not a training checkpoint"
+    )
+    assert len(err.splitlines()) == 2 and "weights_only" not in err
+    assert not [str(w.message) for w in recwarn if "TorchScript" in str(w.message)]
+
+
+def test_a_directory_is_not_a_checkpoint_file(tmp_path, capsys):
+    err = _fails(main_(str(tmp_path), "--size", "32", "--out", str(tmp_path / "out"), capsys=capsys), "", status=1)
+    assert err.splitlines()[-1] == f"niff-export: error: {tmp_path} is a directory, not a checkpoint file"
+
+
+def test_ema_without_ema_weights_names_the_option(tmp_path, capsys):
+    err = _fails(main_(DIGITS, "--size", "32", "--out", str(tmp_path), "--ema", capsys=capsys), "", status=1)
+    assert err.splitlines()[-1] == (
+        "niff-export: error: the checkpoint has no EMA weights (looked for model_ema, state_dict_ema, ema); "
+        "leave out --ema for its model weights"
+    )
+
+
+def test_the_dft_lowering_leaves_the_progress_lines_clean(checkpoint, tmp_path):
+    """The dynamo exporter logs warnings (torchvision is not installed ...) once per process: a real process."""
+    done = run(str(checkpoint), "--size", str(SMALL), "--out", str(tmp_path), "--format", "onnx", "--fft", "dft")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[1].startswith("Preprocessing: ")
+    assert all(PROGRESS_LINE.fullmatch(line) for line in lines[:1] + lines[2:]), done.stderr

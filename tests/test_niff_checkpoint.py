@@ -133,6 +133,12 @@ def test_truncated_checkpoint(model, tmp_path):
 def test_missing_file_and_non_checkpoint_objects(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         niff.load_checkpoint(tmp_path / "absent.pt")
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file"):
+        niff.load_checkpoint(tmp_path)
+    scripted = tmp_path / "model.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(scripted))
+    with pytest.raises(CheckpointError, match=r"is an exported TorchScript model, not a training checkpoint$"):
+        niff.load_checkpoint(scripted)
     path = tmp_path / "list.pt"
     torch.save([1, 2, 3], path)
     with pytest.raises(CheckpointError, match="holds a list"):
@@ -160,6 +166,9 @@ def test_metadata_sets_preprocessing_and_labels(model, tmp_path):
     spec = niff.load_checkpoint(path).niff_spec
     assert spec.labels == tuple(labels)
     assert spec.preprocessing.input_size == 32 and spec.preprocessing.resize == 32
+    assert spec.preprocessing_from_checkpoint == ("input_size", "crop_pct", "mean", "std")
+    torch.save({"model": model.state_dict()}, path)
+    assert niff.load_checkpoint(path).niff_spec.preprocessing_from_checkpoint == ()
     torch.save({"model": model.state_dict(), "niff": {"labels": ["a", "b"]}}, path)
     with pytest.raises(CheckpointError, match="2 labels for 10 classes"):
         niff.load_checkpoint(path)

@@ -1,4 +1,5 @@
-"""The README's quick start, run as written: `make serve`, its curl line, and the tritonclient snippet."""
+"""The README's quick start, run as written: `make serve` (its ports, its suggested curl line), the curl line, and
+the tritonclient snippets."""
 
 from __future__ import annotations
 
@@ -103,3 +104,27 @@ def test_second_make_serve_uses_the_cached_export(make_serve):
     )
     assert done.returncode == 0, done.stderr
     assert f"Using the cached export in {models}/digits" in done.stdout
+
+
+def _make_serve_plan(*variables: str) -> list[str]:
+    """The lines `make serve` would run and print (make -n), without running them."""
+    venv = Path(sys.executable).parent.parent
+    command = ["make", "-n", "serve", f"VENV={venv}", "MODELS=/nonexistent/models", *variables]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_readme_says_how_to_change_the_ports():
+    [sentence] = re.findall(r"`make serve (PORT=\d+ GRPC_PORT=\d+)`", README)
+    variables = sentence.split()
+    [serve] = [line for line in _make_serve_plan(*variables) if "niff-serve --model-repository" in line]
+    port, grpc_port = (v.split("=")[1] for v in variables)
+    assert f"--port {port} --grpc-port {grpc_port}" in serve
+
+
+def test_make_serve_suggests_the_example_digit_only_for_the_digits_model():
+    [digits] = [line for line in _make_serve_plan() if "curl" in line]
+    assert "@examples/digits/digit-7.png http://127.0.0.1:8000/v1/models/digits:classify" in digits
+    [other] = [line for line in _make_serve_plan("CHECKPOINT=resnet50_split.pth", "SIZE=224") if "curl" in line]
+    assert "curl -s --data-binary @YOUR_IMAGE.jpg http://127.0.0.1:8000/v1/models/resnet50_split:classify" in other

@@ -137,8 +137,15 @@ def test_model_with_only_pointwise_layers(tmp_path):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--size", "32", "--arch", "resnet34_split"], "does not fit resnet34_split")],
-    ids=["wrong-arch"],
+    [
+        (["--size", "32", "--arch", "resnet34_split"], "does not fit resnet34_split"),
+        (
+            ["--size", "32", "--ema"],
+            "the checkpoint has no EMA weights (looked for model_ema, state_dict_ema, ema); leave out --ema for its "
+            "model weights",
+        ),
+    ],
+    ids=["wrong-arch", "ema"],
 )
 def test_user_mistakes(args, message, tmp_path, capsys):
     assert main([str(digits.DEFAULT_CHECKPOINT), *args, "--out", str(tmp_path / "out")]) == 1
@@ -154,6 +161,19 @@ def test_a_size_below_the_minimum_is_a_usage_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "the input size must be an integer of at least 8 pixels, got 4" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["file", "folder-in-a-file"])
+def test_an_out_path_that_is_a_file_is_refused_before_measuring(tmp_path, capsys, below):
+    taken = tmp_path / "README.md"
+    taken.write_text("a file, not a folder")
+    out = taken / "report" if below else taken
+    assert main([str(digits.DEFAULT_CHECKPOINT), "--size", "32", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    what = f"{taken} is" if below else "it is"
+    assert _errors(err) == [f"niff-report: error: cannot write the report to {out}: {what} a file, not a folder"]
+    assert "measuring" not in err and "Traceback" not in err
+    assert taken.read_text() == "a file, not a folder"
 
 
 def test_missing_checkpoint(tmp_path, capsys):

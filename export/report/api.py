@@ -41,10 +41,11 @@ def report_model(
     """
     if not isinstance(size, int) or size < MIN_SIZE:
         raise ExportError(f"--size must be an integer of at least {MIN_SIZE}, got {size}")
+    out = Path(out_dir)
+    check_out_dir(out)
     require_matplotlib()
     report = analyse_model(model, size, name, progress)
     drawn = figures(report)
-    out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
         files = [out / "report.json"]
@@ -59,6 +60,19 @@ def report_model(
     return ReportResult(out, report, tuple(files))
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse, before minutes of measuring, a folder that cannot be made or written: a file in its place or
+    in its path, or a read-only parent. Creates nothing (a failed report leaves nothing behind)."""
+    existing = out
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "it" if existing == out else str(existing)
+        raise ExportError(f"cannot write the report to {out}: {what} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write the report to {out}: {existing} is not writable")
+
+
 def report_checkpoint(
     checkpoint: str | os.PathLike[str],
     size: int,
@@ -71,6 +85,7 @@ def report_checkpoint(
     progress: LayerProgress | None = None,
 ) -> ReportResult:
     """Load a checkpoint (``niff.load_checkpoint`` rules) and report on it."""
+    check_out_dir(Path(out_dir))
     model = load_model(checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema)
     name = model.niff_spec.arch or Path(checkpoint).stem
     return report_model(model, size, out_dir, name, progress)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from niff_export.cli import _positive, _size
+from niff_export.cli import _error_message, _positive, _size
 from niff_export.errors import ExportError
 from niff_export.kernels import THRESHOLDS, FilterLayer
 from niff_export.report.api import ReportResult, report_checkpoint
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=_show_layer,
         )
     except ExportError as exc:
-        print(f"niff-report: error: {exc}", file=sys.stderr)
+        print(f"niff-report: error: {_error_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("niff-report: interrupted", file=sys.stderr)

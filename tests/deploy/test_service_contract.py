@@ -216,7 +216,9 @@ def gpu_reachable() -> bool:
 @pytest.fixture
 def run_cli(dockerfile, pyproject, tiny_repository, monkeypatch):
     """Run the `niff-serve` console script's function with a workload's environment until the point
-    where uvicorn would start serving (in one process); returns the uvicorn server it built."""
+    where uvicorn would start serving (in one process); returns the uvicorn server it built, with
+    ``checked_ports``: the (host, HTTP port, gRPC port) that niff-serve checked it can bind before loading.
+    Nothing is bound: the deployed ports are the defaults, 8000 and 8001, which `make serve` may hold."""
     import uvicorn
 
     def run(workload: Workload) -> Any:
@@ -231,9 +233,13 @@ def run_cli(dockerfile, pyproject, tiny_repository, monkeypatch):
         cli = sys.modules[main.__module__]
         # Several workers: each serves the supervisor's socket with the same settings, as this process would.
         monkeypatch.setattr(cli, "supervise", lambda settings, workers: cli.serve(settings))
+        checked: list[Any] = []
+        monkeypatch.setattr(cli, "check_ports", checked.append)
         with preserved_logging():
             main([])
         assert len(captured) == 1, "niff-serve did not start a uvicorn server"
+        assert len(checked) == 1, "niff-serve did not check its ports before loading the models"
+        captured[0].checked_ports = (checked[0].host, checked[0].port, checked[0].grpc_port)
         return captured[0]
 
     return run
@@ -245,7 +251,9 @@ def test_niff_serve_binds_the_container_ports(workload: Workload, run_cli):
     assert server.config.port == container_port(workload)["containerPort"]
     assert server.config.host in ("0.0.0.0", "::")
     # The gRPC server starts with the app (on the same host): the app's settings say where.
-    assert server.config.app.state.service.settings.grpc_port == grpc_container_port(workload)["containerPort"]
+    grpc_port = server.config.app.state.service.settings.grpc_port
+    assert grpc_port == grpc_container_port(workload)["containerPort"]
+    assert server.checked_ports == (server.config.host, server.config.port, grpc_port)
 
 
 @pytest.mark.parametrize("variant", ["gpu", "cpu"])

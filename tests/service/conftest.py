@@ -157,9 +157,14 @@ def workers_of(server: ServerProcess) -> list[int]:
 
 
 class ServerProcess:
-    """A ``python -m niff_serve`` process and HTTP helpers to talk to it (gRPC on ``grpc_url``)."""
+    """A ``python -m niff_serve`` process and HTTP helpers to talk to it (gRPC on ``grpc_url``).
 
-    def __init__(self, repository: Path, log_path: Path, *args: str, api_key: str | None = None) -> None:
+    ``new_session``: in a process group of its own, which the test can signal as a terminal's Ctrl-C does.
+    """
+
+    def __init__(
+        self, repository: Path, log_path: Path, *args: str, api_key: str | None = None, new_session: bool = False
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_port = free_port()
@@ -189,6 +194,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=Path(__file__).resolve().parents[2],
+            start_new_session=new_session,
         )
 
     @property

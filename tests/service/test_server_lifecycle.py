@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,9 @@ from polling import wait_until
 
 from niff_contract import sha256_file
 from niff_serve.cli import main
+from niff_serve.errors import ConfigurationError
+from niff_serve.settings import Settings
+from niff_serve.workers import supervise
 
 from .conftest import MINI, TINY, Photos, Reference, ServerProcess, classify, free_port
 
@@ -95,11 +100,77 @@ def test_model_that_cannot_load_stops_start_up(repository: Path, tmp_path: Path,
         manifest = json.loads((folder / "niff.json").read_text())
         manifest["artifacts"]["onnx"]["sha256"] = sha256_file(folder / "1" / "model.onnx")
         (folder / "niff.json").write_text(json.dumps(manifest))
-    result = _run_cli("--model-repository", str(tmp_path), "--port", str(free_port()))
+    result = _run_cli("--model-repository", str(tmp_path), "--port", str(free_port()), "--grpc-port", str(free_port()))
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"niff-serve: error: start-up failed: model 'mini': {message}")
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_busy_http_port_stops_start_up_with_one_line_before_any_model_loads(
+    tiny_only_repository: Path, workers: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_cli(
+            *("--model-repository", str(tiny_only_repository), "--device", "cpu", "--workers", workers),
+            *("--port", str(port), "--grpc-port", str(free_port())),
+        )
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == f"niff-serve: error: start-up failed: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+    assert result.stdout == ""  # not one log line: no model was loaded
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_drains_quietly(
+    tiny_only_repository: Path, tmp_path: Path, photos: Photos, reference: Reference, workers: str
+) -> None:
+    """Ctrl-C sends SIGINT to the terminal's whole process group (the supervisor and every worker): the
+    requests in flight are answered, and nothing prints a traceback."""
+    server = ServerProcess(
+        tiny_only_repository,
+        tmp_path / "server.log",
+        *("--workers", workers, "--max-batch-size", "8", "--max-batch-delay-ms", "1500"),
+        new_session=True,
+    )
+    process = server.process
+    try:
+        server.wait_ready()
+        if workers == "2":
+            wait_until(lambda: "serving with 2 worker processes" in server.log(), "the two workers did not both serve")
+        datas = [photos.jpeg["china"], photos.jpeg["flower"]]
+        in_flight = server.in_background([classify(data) for data in datas])
+        server.wait_for_metric("niff_queue_depth", len(datas), model=TINY)
+        os.killpg(process.pid, signal.SIGINT)
+        for data, future in zip(datas, in_flight, strict=True):
+            reference.assert_answers(TINY, data, future.result(60))
+        assert process.wait(60) == 128 + signal.SIGINT  # as a shell reports an interrupted program
+        log = server.log()
+        assert "Traceback" not in log and "KeyboardInterrupt" not in log and "CancelledError" not in log
+        messages = [r["message"] for r in server.log_records()]
+        assert messages.count("stopped") == int(workers)  # every worker's models stopped after the drain
+        assert all(line.startswith("{") for line in log.splitlines()), log
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        server.stop()
+
+
+def test_supervisor_reports_a_port_taken_since_the_check(tiny_only_repository: Path) -> None:
+    """Between niff-serve's check and the supervisor's bind, another process may take the port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(model_repository=tiny_only_repository, port=port, grpc_port=0)
+        with pytest.raises(ConfigurationError, match=f"^cannot listen on 127.0.0.1:{port}: Address already in use$"):
+            supervise(settings, 2)
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from niff_serve.cli import load_settings
 from niff_serve.settings import Settings, unknown_env_names
 
 FIELDS = {
@@ -76,3 +78,18 @@ def test_empty_api_key_means_no_auth_and_queue_must_hold_a_batch() -> None:
     assert Settings(model_repository=Path("/m"), api_key="").api_key is None
     with pytest.raises(ValidationError, match=r"max_queue_size \(4\) must be at least max_batch_size \(8\)"):
         Settings(model_repository=Path("/m"), max_batch_size=8, max_queue_size=4)
+
+
+def test_a_misspelt_setting_is_named_when_settings_are_invalid(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [name for name in os.environ if name.upper().startswith("NIFF_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("NIFF_MODEL_REPO", "/srv/models")
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings([])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "niff-serve: error: invalid settings: --model-repository / NIFF_MODEL_REPOSITORY: Field required; "
+        "NIFF_MODEL_REPO is not a known setting (did you mean NIFF_MODEL_REPOSITORY?)\n"
+    )
