@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from niff_contract.errors import MAX_DETAIL, ContractError, one_line
-from niff_contract.schema import ArtifactKind, Manifest, check_model_name, parse_manifest
+from niff_contract.schema import REPORT_DIR, ArtifactKind, Manifest, check_model_name, parse_manifest
 from niff_contract.triton_config import ModelConfig, check_config, parse_config
 
 CONFIG_FILE = "config.pbtxt"
@@ -27,6 +27,7 @@ MANIFEST_FILE = "niff.json"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_CONFIG_BYTES = 1 << 20
 MAX_LABELS_BYTES = 16 << 20
+MAX_REPORT_FILE_BYTES = 64 << 20
 MAX_MESSAGE = 1000  # a folder's error message is cut to this many characters
 
 
@@ -65,6 +66,17 @@ class ModelFolder:
         """The artifact file of this kind (already checked to be inside the folder), or None."""
         record = self.manifest.artifacts.get(kind)
         return None if record is None else inside(self.path, record.path)
+
+    def report_file(self, filename: str) -> bytes:
+        """One file of the kernel report in ``report/``, after checking its sha256 (the folder may have
+        changed since start-up); ContractError when niff.json lists no such file."""
+        record = self.manifest.report
+        if record is None or filename not in record.files:
+            raise ContractError(f"model {self.name!r} has no report file {filename!r}")
+        data = read_bytes(self.path, f"{REPORT_DIR}/{filename}", MAX_REPORT_FILE_BYTES)
+        if hashlib.sha256(data).hexdigest() != record.files[filename]:
+            raise ContractError(f"model {self.name!r}: {REPORT_DIR}/{filename} does not match its sha256 in niff.json")
+        return data
 
     def verify_artifact(self, kind: ArtifactKind) -> Path:
         """The artifact's path after checking its sha256."""

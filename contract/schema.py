@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
@@ -153,6 +153,32 @@ class CheckpointRecord(_Record):
     sha256: str = Field(pattern=SHA256_PATTERN)
 
 
+REPORT_DIR = "report"
+# The files of niff-report that a model folder may hold in REPORT_DIR (niff-export --report), and what
+# they are served as.
+REPORT_FILES: dict[str, str] = {
+    "report.json": "application/json",
+    "report.md": "text/markdown; charset=utf-8",
+    "kernel_mass.png": "image/png",
+    "spectral_error.png": "image/png",
+    "kernels.png": "image/png",
+    "effective_kernels.png": "image/png",
+}
+
+
+class ReportRecord(_Record):
+    """The kernel report in the folder's ``report/``: each file's sha256, checked before it is served."""
+
+    files: dict[str, Annotated[str, Field(pattern=SHA256_PATTERN)]]
+
+    @model_validator(mode="after")
+    def _known_files(self) -> ReportRecord:
+        unknown = sorted(set(self.files) - set(REPORT_FILES))
+        if unknown:
+            raise ValueError(f"report.files names {', '.join(unknown)}; a report holds {', '.join(REPORT_FILES)}")
+        return self
+
+
 class Manifest(_Record):
     """Everything in ``niff.json``. niff-export writes every field; a folder made by other means needs
     only what serving reads (name, classes, tensors, preprocessing, batch size, artifacts with sha256).
@@ -179,6 +205,7 @@ class Manifest(_Record):
     max_batch_size: PositiveInt
     artifacts: dict[ArtifactKind, ArtifactRecord]
     parity: Parity | None = None
+    report: ReportRecord | None = None
     checkpoint: CheckpointRecord | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     created: str | None = None
@@ -208,8 +235,10 @@ class Manifest(_Record):
         return TRITON_PLATFORMS["onnx" if "onnx" in self.artifacts else "torchscript"]
 
     def to_json(self) -> str:
-        """The text of niff.json; an exact export has no ``compact`` key at all."""
-        return self.model_dump_json(indent=2, exclude=None if self.compact else {"compact"}) + "\n"
+        """The text of niff.json; an exact export has no ``compact`` key at all, one without a report no
+        ``report`` key."""
+        absent = {name for name in ("compact", "report") if getattr(self, name) is None}
+        return self.model_dump_json(indent=2, exclude=absent or None) + "\n"
 
 
 def parse_manifest(data: Any) -> Manifest:

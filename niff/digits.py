@@ -254,6 +254,18 @@ def write_examples(directory: str | Path, checkpoint: str | Path = DEFAULT_CHECK
     return paths
 
 
+def write_held_out(directory: str | Path) -> int:
+    """The 450 held-out images as PNGs in torchvision's ImageFolder layout (``directory/<digit>/<n>.png``),
+    what ``niff-eval --images`` reads; the number of images written."""
+    directory = Path(directory)
+    _, _, test_images, test_labels = load_split()
+    for position, (image, label) in enumerate(zip(test_images, test_labels, strict=True)):
+        folder = directory / LABELS[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, "RGB").save(folder / f"{position:03d}.png")
+    return len(test_labels)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The command line: train with two threads and deterministic kernels, print the held-out score."""
     parser = argparse.ArgumentParser(prog="python -m niff.digits", description=__doc__.splitlines()[0])
@@ -262,7 +274,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     parser.add_argument("--examples", type=Path, default=None, help="also write one example PNG per class here")
+    parser.add_argument(
+        "--held-out",
+        type=Path,
+        default=None,
+        help="only write the held-out images as DIR/<digit>/<n>.png (no training)",
+    )
     args = parser.parse_args(argv)
+    if args.held_out is not None:
+        print(f"wrote {write_held_out(args.held_out)} held-out images into {args.held_out}")
+        return
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
     result = train(args.out, epochs=args.epochs, seed=args.seed, max_steps=args.max_steps)

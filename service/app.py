@@ -21,7 +21,7 @@ from niff_serve.errors import ServiceError
 from niff_serve.grpc_server import GrpcEndpoint
 from niff_serve.middleware import RequestContextMiddleware
 from niff_serve.openapi import served_openapi
-from niff_serve.routes import docs, health, v1, v2
+from niff_serve.routes import docs, health, ui, v1, v2
 from niff_serve.runtime import ServiceState
 from niff_serve.settings import Settings
 from niff_serve.version import __version__
@@ -34,6 +34,7 @@ _DESCRIPTION = """Image classification with exported NIFF models.
 * KServe v2 / Open Inference Protocol under `/v2` (works with `tritonclient.http`), with Triton's
   model configuration, statistics and repository index; the same protocol over gRPC on its own port.
 * Probes: `/v2/health/live`, `/v2/health/ready`, `/healthz`, `/readyz`; Prometheus: `/metrics`.
+* A page for people at `/`: the served models, their cards, and an image to classify.
 
 Errors answer `{"error": "..."}` with a 4xx/5xx status. When the server has an API key, model endpoints
 need `Authorization: Bearer <key>`.
@@ -80,7 +81,10 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for router in (v1.hot_router, v1.router, v2.hot_router, v2.router, health.router, docs.router):
+    routers = [v1.hot_router, v1.router, v2.hot_router, v2.router, health.router, docs.router]
+    if settings.ui:
+        routers.append(ui.router)
+    for router in routers:
         # The routes themselves rather than include_router's lazy wrapper, so `app.routes` lists every path.
         app.router.routes.extend(router.routes)
     return app

@@ -98,6 +98,7 @@ class Settings(BaseSettings):
         8001, ge=0, le=65535, description="TCP port of the KServe v2 gRPC endpoint, on the same host; 0 turns it off."
     )
     log_level: LogLevel = Field("info", description="Lowest level written to the JSON log.")
+    ui: bool = Field(True, description="Serve the browser page at / (models, their cards, classify an image).")
     preprocess_workers: int = Field(
         default_factory=lambda: min(4, os.cpu_count() or 1),
         ge=1,

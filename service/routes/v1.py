@@ -8,11 +8,12 @@ import time
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.convertors import StringConvertor, register_url_convertor
 
+from niff_contract import REPORT_FILES, ContractError
 from niff_serve.auth import SECURITY, bearer_token, check_api_key, require_api_key
 from niff_serve.dataplane import InferenceRequest
 from niff_serve.deadline import Deadline
 from niff_serve.disconnect import cancel_on_disconnect
-from niff_serve.errors import BadRequest, UnprocessableContent
+from niff_serve.errors import BadRequest, NotFound, ServiceError, UnprocessableContent
 from niff_serve.postprocessing import top_k_indices
 from niff_serve.request_body import image_uploads, read_body
 from niff_serve.runtime import Model, ModelRuntime, ServiceState, State
@@ -97,6 +98,25 @@ async def get_model(runtime: Model) -> ModelDetail:
         labels=list(runtime.folder.labels),
         niff=runtime.folder.manifest.model_dump(mode="json"),
     )
+
+
+@router.get(
+    "/models/{name:model_name}/report/{filename}",
+    summary="A file of the model's kernel report (niff-export --report)",
+    responses={200: {"content": {media: {} for media in set(REPORT_FILES.values())}, "description": "The file."}},
+    response_class=Response,
+)
+async def report_file(runtime: Model, filename: str, state: State) -> Response:
+    """The file as exported, its sha256 checked against niff.json first (500 when it changed since)."""
+    report = runtime.folder.manifest.report
+    if report is None or filename not in report.files:
+        listed = ", ".join(report.files) if report else "none: export with --report"
+        raise NotFound(f"model {runtime.name!r} has no report file {filename!r}; its report files: {listed}")
+    try:
+        data = await state.offload(runtime.folder.report_file, filename)
+    except ContractError as exc:
+        raise ServiceError(str(exc)) from None
+    return Response(data, media_type=REPORT_FILES[filename])
 
 
 @hot_router.post(
