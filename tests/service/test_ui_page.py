@@ -149,3 +149,17 @@ def test_no_ui_turns_the_page_off(start_server, digits_repository: Path) -> None
     assert httpx.get(server.url + "/").status_code == 404
     assert httpx.get(server.url + "/ui/ui.js").status_code == 404
     assert httpx.get(server.url + "/v1/models").status_code == 200
+
+
+def test_without_an_api_key_the_page_asks_for_none(
+    page: Page, start_server, digits_repository: Path, tmp_path: Path
+) -> None:
+    server = start_server(digits_repository)
+    console = Console(page)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#models button[data-model='digits']")
+    assert page.locator("#key-form").is_hidden() and page.locator("#key-button").is_hidden()
+    page.set_input_files("#file", DIGIT_7)
+    page.wait_for_selector("#top .bar")
+    assert page.locator("#top .bar .label").first.inner_text() == "7"
+    assert console.errors == []
