@@ -12,8 +12,9 @@ TORCH_VARIANT ?= cpu
 
 .PHONY: install test lint clean serve export browser
 
-# `make serve` exports a checkpoint (once; again only when the checkpoint or these settings change) and
-# serves it. By default the embedded digits model; any other: make serve CHECKPOINT=ckpt.pt SIZE=224 [ARCH=...]
+# `make serve` exports a checkpoint (once; again only when the checkpoint or these settings change, then
+# with --force over the version 1 it wrote before) and serves it. By default the embedded digits model;
+# any other: make serve CHECKPOINT=ckpt.pt SIZE=224 [ARCH=...]
 DEFAULT_CHECKPOINT := niff/assets/digits_resnet.pt
 CHECKPOINT ?= $(DEFAULT_CHECKPOINT)
 SIZE ?= 32
@@ -62,7 +63,7 @@ export: install
 	if [ -f "$(MODELS)/$(NAME)/niff.json" ] && [ "$$(cat "$(EXPORT_STAMP)" 2>/dev/null)" = "$$want" ]; then \
 		echo "Using the cached export in $(MODELS)/$(NAME) (remove it to export again)"; \
 	else \
-		$(VENV)/bin/niff-export $(EXPORT_ARGS) && echo "$$want" > "$(EXPORT_STAMP)"; \
+		$(VENV)/bin/niff-export $(EXPORT_ARGS) --force && echo "$$want" > "$(EXPORT_STAMP)"; \
 	fi
 
 serve: export

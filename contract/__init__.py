@@ -10,6 +10,7 @@ from niff_contract.folder import (
     read_model_folder,
     scan_repository,
     sha256_file,
+    version_folders,
 )
 from niff_contract.images import ImageError, ImageLimits, Preprocessor, decode_image
 from niff_contract.preprocessing_spec import INTERPOLATIONS, Preprocessing
@@ -36,6 +37,7 @@ from niff_contract.schema import (
     ReportRecord,
     SpectralLayer,
     TensorSpec,
+    ToleranceOverride,
     TuningRecord,
     check_model_name,
     describe_errors,
@@ -49,6 +51,7 @@ from niff_contract.triton_config import (
     message_json,
     model_config,
     parse_config,
+    policy_versions,
 )
 
 __all__ = [
@@ -83,6 +86,7 @@ __all__ = [
     "ReportRecord",
     "SpectralLayer",
     "TensorSpec",
+    "ToleranceOverride",
     "TuningRecord",
     "check_model_name",
     "config_json",
@@ -96,7 +100,9 @@ __all__ = [
     "parse_config",
     "parse_labels",
     "parse_manifest",
+    "policy_versions",
     "read_model_folder",
     "scan_repository",
     "sha256_file",
+    "version_folders",
 ]

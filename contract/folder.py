@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,6 +30,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_LABELS_BYTES = 16 << 20
 MAX_REPORT_FILE_BYTES = 64 << 20
 MAX_MESSAGE = 1000  # a folder's error message is cut to this many characters
+_VERSION_NAME = re.compile(r"[1-9][0-9]{0,17}")  # a version folder's name (Triton's: an int64 without leading 0)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def read_model_folder(path: Path) -> ModelFolder:
             if not inside(root, record.path).stat().st_size:
                 raise ContractError(f"{kind} artifact {record.path!r} is empty")
         config = parse_config(read_text(root, CONFIG_FILE, MAX_CONFIG_BYTES))
-        check_config(config, manifest)
+        check_config(config, manifest, version_folders(root))
         labels = _labels(root, manifest)
     except ContractError as exc:
         raise ContractError(one_line(f"{where}: {exc}", MAX_MESSAGE)) from None
@@ -127,6 +129,14 @@ def read_model_folder(path: Path) -> ModelFolder:
     except (ValueError, RecursionError, RuntimeError) as exc:  # what a hostile file can still provoke
         raise ContractError(one_line(f"{where}: cannot be read: {type(exc).__name__}: {exc}", MAX_MESSAGE)) from None
     return ModelFolder(name=path.name, path=root, manifest=manifest, config=config, labels=labels)
+
+
+def version_folders(path: Path) -> tuple[int, ...]:
+    """The model versions in a model folder, ascending: its subfolders named by an integer without a
+    leading zero (Triton's rule; it ignores other names). niff.json describes one of them."""
+    return tuple(
+        sorted(int(entry.name) for entry in path.iterdir() if _VERSION_NAME.fullmatch(entry.name) and entry.is_dir())
+    )
 
 
 def _labels(root: Path, manifest: Manifest) -> tuple[str, ...]:

@@ -104,10 +104,21 @@ class ParityRow(_Record):
     top1_agreement: float
 
 
+class ToleranceOverride(_Record):
+    """A parity tolerance the user set (``niff-export --parity-tolerance``) in place of the default, and the
+    measured drift of the eager model's own float32 output from float64 (rows ``eager (fp32) vs fp64``)."""
+
+    default_tolerance: float
+    float32_drift: tuple[ParityRow, ...]
+
+
 class Parity(_Record):
     tolerance: float
     passed: bool
     rows: tuple[ParityRow, ...]
+    tolerance_override: ToleranceOverride | None = Field(
+        None, description="Only when the user set the tolerance; absent from niff.json otherwise."
+    )
 
 
 class CompactLayer(_Record):
@@ -236,9 +247,11 @@ class Manifest(_Record):
 
     def to_json(self) -> str:
         """The text of niff.json; an exact export has no ``compact`` key at all, one without a report no
-        ``report`` key."""
-        absent = {name for name in ("compact", "report") if getattr(self, name) is None}
-        return self.model_dump_json(indent=2, exclude=absent or None) + "\n"
+        ``report`` key, and a parity record with the default tolerance no ``tolerance_override`` key."""
+        exclude: dict[str, Any] = {name: True for name in ("compact", "report") if getattr(self, name) is None}
+        if self.parity is not None and self.parity.tolerance_override is None:
+            exclude["parity"] = {"tolerance_override"}
+        return self.model_dump_json(indent=2, exclude=exclude or None) + "\n"
 
 
 def parse_manifest(data: Any) -> Manifest:

@@ -8,6 +8,7 @@ for the model unless its settings override them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from google.protobuf import json_format, text_format
@@ -22,9 +23,28 @@ ModelConfig = model_config_pb2.ModelConfig
 DEFAULT_MAX_QUEUE_DELAY_US = 5000
 
 
-def model_config(manifest: Manifest, max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US) -> ModelConfig:
-    """The Triton configuration of a model folder described by ``manifest``."""
+def model_config(
+    manifest: Manifest,
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    *,
+    versions: Iterable[int] = (),
+    latest: int | None = None,
+) -> ModelConfig:
+    """The Triton configuration of a model folder described by ``manifest``.
+
+    Its ``version_policy`` lists ``versions`` and niff.json's version (``specific``: the versions present in
+    the folder), or, with ``latest``, is ``latest { num_versions: latest }`` (Triton serves the ``latest``
+    highest-numbered versions present).
+    """
     fp32 = model_config_pb2.TYPE_FP32
+    if latest is None:
+        policy = model_config_pb2.ModelVersionPolicy(
+            specific=model_config_pb2.ModelVersionPolicy.Specific(versions=sorted({*versions, manifest.version}))
+        )
+    else:
+        policy = model_config_pb2.ModelVersionPolicy(
+            latest=model_config_pb2.ModelVersionPolicy.Latest(num_versions=latest)
+        )
     return ModelConfig(
         name=manifest.name,
         platform=manifest.platform,
@@ -36,9 +56,7 @@ def model_config(manifest: Manifest, max_queue_delay_us: int = DEFAULT_MAX_QUEUE
             )
         ],
         dynamic_batching=model_config_pb2.ModelDynamicBatching(max_queue_delay_microseconds=max_queue_delay_us),
-        version_policy=model_config_pb2.ModelVersionPolicy(
-            specific=model_config_pb2.ModelVersionPolicy.Specific(versions=[manifest.version])
-        ),
+        version_policy=policy,
     )
 
 
@@ -101,19 +119,20 @@ def _int64_as_numbers(message: Message, data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def check_config(config: ModelConfig, manifest: Manifest) -> None:
-    """config.pbtxt must describe the same model as niff.json; a ContractError names the first difference."""
+def check_config(config: ModelConfig, manifest: Manifest, present: Sequence[int] | None = None) -> None:
+    """config.pbtxt must describe the same model as niff.json; a ContractError names the first difference.
+
+    ``present``: the version folders of the model folder (:func:`niff_contract.folder.version_folders`).
+    Its ``version_policy`` must serve niff.json's version (the one niff-serve serves); other versions it
+    lists may be absent, and are served by nobody here.
+    """
     expected = model_config(manifest, config.dynamic_batching.max_queue_delay_microseconds)
     for field in ("name", "platform", "max_batch_size"):
         if getattr(config, field) != getattr(expected, field):
             raise ContractError(
                 f"config.pbtxt: {field} is {getattr(config, field)!r}, niff.json says {getattr(expected, field)!r}"
             )
-    versions = list(config.version_policy.specific.versions)
-    if config.version_policy.HasField("specific") and versions != [manifest.version]:
-        raise ContractError(
-            f"config.pbtxt: version_policy serves versions {versions}, niff.json is version {manifest.version}"
-        )
+    _check_version_policy(config, manifest.version, present)
     for section in ("input", "output"):
         want = getattr(expected, section)[0]
         found = {tensor.name: tensor for tensor in getattr(config, section)}.get(want.name)
@@ -124,3 +143,35 @@ def check_config(config: ModelConfig, manifest: Manifest) -> None:
                 f"config.pbtxt: {section} {want.name!r} is {model_config_pb2.DataType.Name(found.data_type)} "
                 f"{list(found.dims)}, niff.json says TYPE_FP32 {list(want.dims)}"
             )
+
+
+def policy_versions(config: ModelConfig, present: Sequence[int]) -> list[int]:
+    """The versions of ``present`` that Triton serves under ``config``'s ``version_policy`` (Triton's
+    default, ``latest { num_versions: 1 }``, when it has none), ascending."""
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return sorted(present)
+    if which == "specific":
+        return sorted(set(policy.specific.versions) & set(present))
+    count = policy.latest.num_versions if which == "latest" else 1
+    return sorted(present)[-count:] if count else []
+
+
+def _check_version_policy(config: ModelConfig, version: int, present: Sequence[int] | None) -> None:
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "specific" and version not in policy.specific.versions:
+        listed = sorted(policy.specific.versions)
+        raise ContractError(
+            f"config.pbtxt: version_policy serves versions {listed}, not version {version} of niff.json"
+        )
+    if which in ("latest", None) and present is not None and version not in policy_versions(config, present):
+        policy_said = (
+            f"'s version_policy serves the latest {policy.latest.num_versions}"
+            if which == "latest"
+            else " has no version_policy, so Triton serves the latest 1"
+        )
+        raise ContractError(
+            f"config.pbtxt{policy_said} of versions {list(present)}, not version {version} of niff.json"
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +33,7 @@ from niff_contract import (
     MODEL_FILES,
     OUTPUT_NAME,
     REPORT_DIR,
+    TRITON_PLATFORMS,
     ArtifactRecord,
     CheckpointRecord,
     Manifest,
@@ -50,9 +52,17 @@ from niff_export.errors import ExportError
 from niff_export.images import folder_images, sample_photos
 from niff_export.labels import resolve_labels
 from niff_export.lowering import LOWERINGS, lower
-from niff_export.parity import FP16_TOLERANCE, FP32_TOLERANCE, AgreementReport, ParityReport, compare, parity_inputs
+from niff_export.parity import (
+    AgreementReport,
+    ParityReport,
+    check_tolerance,
+    compare,
+    float64_drift,
+    parity_inputs,
+    parity_report,
+)
 from niff_export.precision import in_precision
-from niff_export.repository import StagingFolder, check_name, jsonable
+from niff_export.repository import SharedFields, StagingFolder, check_name, jsonable
 from niff_export.tuning import default_choices, tune_layers, tuning_record
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
@@ -81,7 +91,13 @@ class ExportOptions:
     times each spectral layer's candidate lowerings on this machine's runtime and keeps the fastest;
     otherwise a default table applies. Each artifact's ``spectral_layers`` in niff.json records the choice.
     ``report`` writes niff-report's kernel report into the folder's ``report/`` (needs matplotlib, the
-    ``report`` extra), where niff-serve's page shows it.
+    ``report`` extra), where niff-serve's page shows it. ``parity_tolerance`` replaces the gate's relative
+    tolerance (1e-4; 1e-2 with ``fp16``) for an ill-conditioned model; niff.json records it with the eager
+    model's measured float32-vs-float64 drift.
+
+    ``version`` goes into ``<name>/<version>/``; the other versions in the folder are kept, and config.pbtxt
+    lists them all. Replacing an existing version needs ``force``. ``keep_versions`` keeps only the latest N
+    versions (the exported one among them) and makes config.pbtxt's policy ``latest { num_versions: N }``.
     """
 
     formats: Sequence[str] = FORMATS
@@ -93,9 +109,12 @@ class ExportOptions:
     max_batch_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_US / 1000
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
     version: int = 1
+    force: bool = False
+    keep_versions: int | None = None
     compact: CompactRequest | None = None
     tune: bool = False
     report: bool = False
+    parity_tolerance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,8 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)
     compact: CompactPlan | None = None
     agreement: AgreementReport | None = None
+    versions: tuple[int, ...] = ()  # every version in the folder now
+    removed_versions: tuple[int, ...] = ()  # versions that --keep-versions removed
 
 
 @dataclass(frozen=True)
@@ -206,7 +227,14 @@ def export_model(
         require_matplotlib()  # before hours of export, not after
     timings: dict[str, float] = {}
     plan = _plan(model.eval(), size, name, options, progress, timings)
-    staging = StagingFolder(Path(out_dir), plan.name, options.version)
+    staging = StagingFolder(
+        Path(out_dir),
+        plan.name,
+        options.version,
+        force=options.force,
+        keep_versions=options.keep_versions,
+        shared=_shared_fields(plan),
+    )
     try:
         built = _build(plan, staging, progress, timings)
         with _stage(progress, timings, "Checking parity with eager PyTorch"):
@@ -217,7 +245,16 @@ def export_model(
     except BaseException:
         staging.discard()
         raise
-    return ExportResult(path, manifest, report, timings, plan.compact, agreement)
+    return ExportResult(
+        path,
+        manifest,
+        report,
+        timings,
+        plan.compact,
+        agreement,
+        versions=staging.versions,
+        removed_versions=staging.removed,
+    )
 
 
 def _plan(
@@ -239,6 +276,7 @@ def _plan(
         raise ExportError(
             f"--max-batch-delay-ms must be between 0 and {MAX_BATCH_DELAY_MS}, got {options.max_batch_delay_ms}"
         )
+    check_tolerance(options.parity_tolerance)
     spec = getattr(model, "niff_spec", None)
     name = check_name(name or (spec.arch if spec and spec.arch else f"{type(model).__name__.lower()}_{size}"))
     num_classes = spec.num_classes if spec else int(model(torch.zeros(1, 3, size, size)).shape[1])
@@ -275,6 +313,17 @@ def planned_preprocessing(model: nn.Module, size: int, overrides: Mapping[str, A
     except ValidationError as exc:
         name_of = lambda field: _PREPROCESSING_OPTIONS.get(field, f"--{field}")  # noqa: E731
         raise ExportError(f"invalid preprocessing: {describe_errors(exc.errors(), name_of)}") from None
+
+
+def _shared_fields(plan: _Plan) -> SharedFields:
+    """What the exported version will say for the whole folder (checked against the versions it joins)."""
+    return SharedFields(
+        platform=TRITON_PLATFORMS["onnx" if "onnx" in plan.formats else "torchscript"],
+        input_shape=(3, plan.size, plan.size),
+        num_classes=plan.num_classes,
+        labels_sha256=hashlib.sha256(labels_text(plan.labels).encode()).hexdigest(),
+        preprocessing=plan.preprocessing,
+    )
 
 
 def _build(plan: _Plan, staging: StagingFolder, progress: Progress | None, timings: dict[str, float]) -> _Built:
@@ -331,10 +380,10 @@ def _verify(plan: _Plan, built: _Built, folder: Path) -> tuple[ParityReport, Agr
     inputs = parity_inputs(plan.size, sample_photos(plan.preprocessing))
     if plan.calibration is not None:
         inputs["calibration"] = plan.calibration
-    rows, agreement_rows = [], []
+    rows, agreement_rows, references = [], [], {}
     for name, batch in inputs.items():
         with torch.no_grad():
-            reference = _chunked(plan.model, batch)
+            reference = references[name] = _chunked(plan.model, batch)
             exact = _chunked(built.baked, batch)
             rows.append(compare("baked (torch)", name, reference, exact))
             target = reference if plan.compact is None else _chunked(built.deployed, batch)
@@ -342,7 +391,8 @@ def _verify(plan: _Plan, built: _Built, folder: Path) -> tuple[ParityReport, Agr
             agreement_rows += [compare("compact vs eager", name, reference, target)]
             agreement_rows += [compare("compact vs exact", name, exact, target)]
         rows += [compare(candidate, name, target, _chunked(run, batch)) for candidate, run in runners.items()]
-    report = ParityReport(tuple(rows), FP16_TOLERANCE if plan.options.fp16 else FP32_TOLERANCE)
+    drift = lambda: float64_drift(plan.model, inputs, references, GATE_CHUNK)  # noqa: E731
+    report = parity_report(tuple(rows), plan.options.fp16, plan.options.parity_tolerance, drift)
     if not report.passed:
         raise ExportError(f"parity check failed; nothing was written.\n{report.table()}")
     if plan.compact is None:
@@ -421,7 +471,13 @@ def _write(
         if plan.compact is None or agreement is None
         else plan.compact.record(agreement, None if plan.calibration is None else len(plan.calibration)),
     )
-    staging.write_text("config.pbtxt", config_text(model_config(manifest, round(options.max_batch_delay_ms * 1000))))
+    config = model_config(
+        manifest,
+        round(options.max_batch_delay_ms * 1000),
+        versions=staging.versions,
+        latest=options.keep_versions,
+    )
+    staging.write_text("config.pbtxt", config_text(config))
     staging.write_text("niff.json", manifest.to_json())
     return manifest
 

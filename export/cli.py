@@ -29,6 +29,7 @@ from niff_export.compact import CompactRequest
 from niff_export.errors import ExportError
 from niff_export.labels import read_labels
 from niff_export.lowering import LOWERINGS
+from niff_export.parity import check_tolerance, default_tolerance
 
 DESCRIPTION = """\
 Export a NIFF checkpoint (trained with the paper's code or ours) for deployment.
@@ -38,7 +39,9 @@ simplified exactly (FFT-1x1-IFFT becomes a 1x1 conv, BatchNorm folds into the pr
 transforms are lowered to operations runtimes run fast, and ONNX and TorchScript files are written into
 OUT/NAME/ as a model-repository folder (Triton/KServe layout, served by niff-serve). Before anything is
 written, the artifacts must reproduce the eager model on random inputs and real photos (relative error
-<= 1e-4 in float32, 1e-2 with --fp16, same top-1 on the photos); otherwise the export fails.
+<= 1e-4 in float32, 1e-2 with --fp16, same top-1 on the photos); otherwise the export fails, and says
+whether the model is ill-conditioned (eager float32 itself drifts from float64 as far) or the export wrong.
+For an ill-conditioned model, --parity-tolerance accepts a looser gate, recorded in niff.json.
 
 Compact export (--compact, --compact-error, --compact-kernel) is an opt-in approximation: spectral layers
 whose kernels are small become circular-padded KxK convolutions (faster; niff-report shows the kernels).
@@ -52,6 +55,7 @@ examples:
   niff-export resnet50_split.pth --size 224
   niff-export ckpt.pt --size 224 --arch convnext_tiny --ema --out ./models
   niff-export ckpt.pt --size 32 --format onnx --fft dft --name cifar_resnet
+  niff-export ckpt2.pt --size 224 --model-version 2   # beside version 1, which stays (docs: Rollout)
   niff-export resnet50_split.pth --size 224 --tune    # time each spectral layer's lowerings here
   niff-export ckpt.pt --size 224 --compact-kernel 7 --calibration val_images/ --compact-min-agreement 0.99
 """
@@ -77,6 +81,17 @@ def _formats(text: str) -> list[str]:
         shown = ", ".join(unknown) if unknown else repr(text)
         raise argparse.ArgumentTypeError(f"unknown format {shown}; choose from {', '.join(FORMATS)}")
     return formats
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+        check_tolerance(value)
+    except (ValueError, ExportError):
+        raise argparse.ArgumentTypeError(
+            f"expected a relative error between 0 and 1, like 1e-3, got {text!r}"
+        ) from None
+    return value
 
 
 def _positive(text: str) -> int:
@@ -157,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fp16", action="store_true", help="compute in float16 (inputs and outputs stay float32)")
     parser.add_argument(
+        "--parity-tolerance",
+        type=_tolerance,
+        metavar="T",
+        help="relative error the parity gate accepts, for an ill-conditioned model whose own float32 output drifts "
+        "from float64 (default: 1e-4, with --fp16 1e-2); printed as a warning and recorded in niff.json with the "
+        "measured drift. A failing gate says when this applies",
+    )
+    parser.add_argument(
         "--labels",
         type=Path,
         metavar="FILE",
@@ -198,7 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=1,
         metavar="N",
-        help="model version: the files go into OUT/NAME/N/, as Triton lays out versions (default: 1)",
+        help="model version: the files go into OUT/NAME/N/, as Triton lays out versions (default: 1). The "
+        "folder's other versions are kept and config.pbtxt lists them all; niff.json describes version N, the "
+        "one niff-serve serves",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace version N when OUT/NAME/N/ exists (without it, that is an error and nothing is written)",
+    )
+    parser.add_argument(
+        "--keep-versions",
+        type=_positive,
+        metavar="K",
+        help="keep only the K highest versions in OUT/NAME/ (N among them; older version folders are deleted "
+        "once the export succeeds) and write version_policy latest { num_versions: K } into config.pbtxt "
+        "(default: keep every version and list each one)",
     )
     parser.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
     compact = parser.add_argument_group("compact export (approximate, opt-in)")
@@ -321,6 +359,16 @@ def _preprocessing_line(model: nn.Module, size: int, overrides: dict[str, object
     return f"{line} ({why}; if it was trained with others, pass {flags})"
 
 
+def _tolerance_warning(tolerance: float, fp16: bool) -> str:
+    default = default_tolerance(fp16)
+    looser = "looser" if tolerance > default else "stricter" if tolerance < default else "the same"
+    return (
+        f"niff-export: warning: --parity-tolerance {tolerance:g} replaces the parity gate's default relative "
+        f"tolerance {default:g} ({looser}): the artifacts may differ from eager PyTorch by that much; niff.json "
+        "records it, with the eager model's float32-vs-float64 drift"
+    )
+
+
 def _summary(result: ExportResult, elapsed: float) -> str:
     manifest = result.manifest
     what = f"{manifest.arch or manifest.builder}, {manifest.num_classes} classes"
@@ -333,6 +381,13 @@ def _summary(result: ExportResult, elapsed: float) -> str:
     lines += ["", result.parity.table()]
     if result.compact is not None and result.agreement is not None:
         lines += ["", result.compact.table(), "", result.agreement.table()]
+    if len(result.versions) > 1 or result.removed_versions:
+        removed = f"; removed: {', '.join(map(str, result.removed_versions))}" if result.removed_versions else ""
+        lines += [
+            "",
+            f"Versions in {result.path}: {', '.join(map(str, result.versions))}{removed} (Triton serves them "
+            f"all; niff-serve serves version {manifest.version}, the one niff.json describes)",
+        ]
     lines += ["", f"Serve it: niff-serve --model-repository {result.path.parent}"]
     return "\n".join(lines)
 
@@ -367,10 +422,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if getattr(args, field) is not None
             },
             version=args.model_version,
+            force=args.force,
+            keep_versions=args.keep_versions,
             compact=compact,
             tune=args.tune,
             report=args.report,
+            parity_tolerance=args.parity_tolerance,
         )
+        if args.parity_tolerance is not None:
+            print(_tolerance_warning(args.parity_tolerance, args.fp16), file=sys.stderr, flush=True)
         # export_checkpoint's two steps, to say which preprocessing the export assumes before it starts.
         progress("Loading checkpoint", None)
         loading = time.perf_counter()

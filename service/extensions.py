@@ -19,9 +19,11 @@ MODEL_CONTROL_REFUSED = (
 
 
 def served_config(runtime: ModelRuntime) -> ModelConfig:
-    """The model's config.pbtxt with the batch size and queue delay this server uses (settings may override them)."""
+    """The model's config.pbtxt with the batch size and queue delay this server uses (settings may override them),
+    and a ``version_policy`` naming the one version it serves (niff.json's; the file may list more for Triton)."""
     config = ModelConfig()
     config.CopyFrom(runtime.folder.config)
+    config.version_policy.specific.versions[:] = [int(runtime.folder.version)]
     config.max_batch_size = runtime.max_batch_size
     config.dynamic_batching.max_queue_delay_microseconds = round(runtime.batcher.max_delay_s * 1e6)
     return config

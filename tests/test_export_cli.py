@@ -93,6 +93,8 @@ def test_help_explains_every_option(capsys):
         "--ema",
         "--max-batch-size",
         "--model-version",
+        "--force",
+        "--keep-versions",
         "--version",
         "--tune",
     ):

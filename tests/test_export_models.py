@@ -225,7 +225,7 @@ def test_parity_gate_refuses_a_wrong_artifact(small_model, tmp_path, monkeypatch
     before = (earlier.path / "niff.json").read_text()
     monkeypatch.setattr(niff_export.api, "in_precision", lambda model, fp16: _Drift(model))
     with pytest.raises(ExportError) as failure:
-        export_model(small_model, SMALL, tmp_path, name="drifted")
+        export_model(small_model, SMALL, tmp_path, name="drifted", force=True)
     message = str(failure.value)
     assert "parity check failed; nothing was written" in message
     assert "onnx (fp32)" in message and "FAIL" in message and "baked (torch)" in message

@@ -19,8 +19,10 @@ from niff import digits
 from niff.layers import FreqConv1x1
 from niff_export.errors import ExportError
 from niff_export.report import analyse_model, report_model
+from niff_export.report.analysis import OVERSIZED_NOTE
 from niff_export.report.cli import main
-from niff_export.report.figures import figures
+from niff_export.report.figures import _layer_style, error_figure, figures, kernels_figure, wrap_name
+from niff_export.report.markdown import render
 
 MODELS = [g for g in vectors() if not g.is_layer]
 
@@ -101,9 +103,13 @@ def test_figures_carry_titles_axes_and_stage_names(digits_report):
         assert any("digits at 32x32" in t for t in texts)
         for ax in drawn[name].axes:
             assert ax.get_title() and ax.get_xlabel().startswith("kernel size K") and ax.get_ylabel()
-            assert [t.get_text() for t in ax.get_legend().get_texts()] == stage_labels
+    for ax in drawn["kernel_mass.png"].axes:
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == stage_labels
+    # One panel per stage, titled with it.
+    assert [ax.get_title().split(";")[0] for ax in drawn["spectral_error.png"].axes] == stage_labels
     kernel_rows = [ax.get_ylabel() for ax in drawn["kernels.png"].axes if ax.get_ylabel()]
-    assert [row.split("\n")[0] for row in kernel_rows] == [stage.layers[0].layer for stage in report.stages]
+    # Row labels are the layer's name wrapped at dots, then the map size.
+    assert ["".join(row.split("\n")[:-1]) for row in kernel_rows] == [stage.layers[0].layer for stage in report.stages]
     (ax,) = drawn["effective_kernels.png"].axes
     cells = [cell.get_text().get_text() for cell in ax.tables[0].get_celld().values()]
     assert all(s.layer in cells for s in report.layers) and "K @ 90%" in cells and "effective kernel" in ax.get_title()
@@ -195,3 +201,119 @@ def test_analysis_without_writing():
     report = analyse_model(niff.load_checkpoint(digits.DEFAULT_CHECKPOINT), 32)
     assert [s.map_size for s in report.layers] == [32, 32, 16, 8, 4]
     assert report.to_dict()["layers"][2]["effective_kernel"]["0.9"] == report.layers[2].effective_kernel(0.9)
+
+
+# Legibility, checked on the figure objects after an Agg draw, without looking at pixels.
+
+
+def _drawn_texts(figure) -> list:
+    """(text, window extent) of every visible non-empty text after a draw: titles, axis and tick labels,
+    legend entries and titles, figure texts."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    texts = [figure._suptitle, *figure.texts]
+    for ax in figure.axes:
+        if not ax.get_visible():
+            continue
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            ticks = axis.get_major_ticks(len(axis.get_majorticklocs()))
+            texts += [tick.label1 for tick in ticks if low <= tick.get_loc() <= high and tick.label1.get_visible()]
+        legend = ax.get_legend()
+        if legend is not None:
+            texts += [*legend.get_texts(), legend.get_title()]
+    unique = list({id(t): t for t in texts if t is not None and t.get_text()}.values())
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in unique]
+
+
+def _overlap(a, b, slack: float = 0.5) -> bool:
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > slack and min(a.y1, b.y1) - max(a.y0, b.y0) > slack
+
+
+def assert_legible(figure) -> None:
+    """No two texts overlap, no text covers a plotting area, and every text lies inside the figure."""
+    texts = _drawn_texts(figure)
+    areas = [ax.bbox for ax in figure.axes if ax.get_visible()]
+    frame = figure.bbox
+    for index, (text, box) in enumerate(texts):
+        assert frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1, f"{text!r} leaves the figure"
+        assert frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1, f"{text!r} leaves the figure"
+        for other, other_box in texts[index + 1 :]:
+            assert not _overlap(box, other_box), f"{text!r} overlaps {other!r}"
+        for area in areas:
+            assert not _overlap(box, area), f"{text!r} covers a plotting area"
+
+
+def _line_style(line) -> tuple:
+    return (line.get_color(), line.get_marker(), line.get_linestyle())
+
+
+@pytest.fixture(scope="module")
+def densenet_report():
+    """densenet121_full at 64x64 (58 full layers in stages of 6, 12, 24 and 16), narrowed to measure in seconds."""
+    torch.manual_seed(0)
+    model = niff.create_model("densenet121_full", num_classes=10, growth_rate=4, bn_size=1, num_init_features=8)
+    return analyse_model(model, 64, "densenet121_full")
+
+
+def test_every_layer_is_named_and_styled_apart_in_the_spectral_error_figure(digits_report, densenet_report):
+    for report in (digits_report.report, densenet_report):
+        figure = error_figure(report)
+        assert len(figure.axes) == len(report.stages)
+        for ax, stage in zip(figure.axes, report.stages, strict=True):
+            assert [t.get_text() for t in ax.get_legend().get_texts()] == [s.layer for s in stage.layers]
+            lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+            assert [line.get_label() for line in lines] == [s.layer for s in stage.layers]
+            assert len({_line_style(line) for line in lines}) == len(lines)  # each layer its own look
+    assert [len(stage.layers) for stage in densenet_report.stages] == [6, 12, 24, 16]
+    styles = [_layer_style(index) for index in range(160)]
+    assert len({(s["color"], s["marker"], s["linestyle"]) for s in styles}) == 160
+
+
+def test_densenet_figures_are_legible(densenet_report):
+    assert_legible(error_figure(densenet_report))
+    figure = kernels_figure(densenet_report)
+    assert_legible(figure)
+    rows = [ax.get_ylabel() for ax in figure.axes if ax.get_ylabel()]
+    assert all(max(len(line) for line in row.split("\n")[:-1]) <= 22 for row in rows)
+
+
+def test_digits_figures_are_legible(digits_report):
+    assert_legible(error_figure(digits_report.report))
+    assert_legible(kernels_figure(digits_report.report))
+
+
+def test_effective_kernels_larger_than_the_map_are_marked(digits_report):
+    report = digits_report.report
+    last = report.layers[-1]
+    assert last.map_size == 4 and last.effective_kernel(0.9) == 5  # K=5 on a 4x4 map
+    drawn = figures(report)
+
+    (ax,) = drawn["effective_kernels.png"].axes
+    cells = ax.tables[0].get_celld()
+    row = next(r for (r, c), cell in cells.items() if c == 0 and cell.get_text().get_text() == last.layer)
+    assert [cells[row, c].get_text().get_text() for c in (4, 5, 6)] == ["5*", "5*", "5*"]
+    assert any(t.get_text().startswith("* exceeds the map") for t in drawn["effective_kernels.png"].texts)
+    fits = report.layers[2]  # 16x16: 13 at 90 % fits the map; 17 at 99 % does not
+    row = next(r for (r, c), cell in cells.items() if c == 0 and cell.get_text().get_text() == fits.layer)
+    assert cells[row, 4].get_text().get_text() == "13" and cells[row, 6].get_text().get_text() == "17*"
+
+    titles = [ax.get_title() for ax in drawn["spectral_error.png"].axes]
+    assert titles[-1].endswith("shaded: K=5 exceeds the 4x4 map (the whole kernel)")
+
+    markdown = render(report)
+    assert f"| `{last.layer}` | depthwise | 4x4 | 128 | 5\\* | 5\\* | 5\\* |" in markdown
+    assert OVERSIZED_NOTE.replace("*", "\\*", 1) in markdown
+
+
+def test_layer_names_wrap_at_dots_and_join_back():
+    name = "features.denseblock3.denselayer24.conv2"
+    assert wrap_name(name) == "features.denseblock3.\ndenselayer24.conv2"
+    assert wrap_name("layer1.0.conv1.0") == "layer1.0.conv1.0"
+    assert wrap_name("a_very_long_single_component_name") == "a_very_long_single_component_name"
+    for text in (name, "layer1.0.conv1.0", "stages.3.blocks.2.conv_dw.1"):
+        assert "".join(wrap_name(text).split("\n")) == text

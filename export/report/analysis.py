@@ -13,6 +13,19 @@ from niff_export.kernels import FilterLayer, KernelStats, centred, find_filter_l
 
 # Kernels per layer kept for the example figure.
 EXAMPLES = 8
+# How an effective kernel size larger than the layer's map is marked, and what the mark means. On an n×n map
+# with n even the last odd window, n+1, wraps around the periodic map: it is the whole kernel.
+OVERSIZED_MARK = "*"
+OVERSIZED_NOTE = (
+    "* exceeds the map: K is larger than the layer's n×n map (n even, K = n+1), so the KxK window wraps "
+    "around the periodic map and holds the whole kernel, every tap: the share needs all of the map"
+)
+
+
+def effective_label(stats: KernelStats, share: float) -> str:
+    """The effective kernel size at ``share`` as shown in tables: marked when it exceeds the map."""
+    kernel = stats.effective_kernel(share)
+    return f"{kernel}{OVERSIZED_MARK}" if kernel > stats.map_size else str(kernel)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from niff_export.cli import _error_message, _positive, _size
 from niff_export.errors import ExportError
 from niff_export.kernels import THRESHOLDS, FilterLayer
+from niff_export.report.analysis import OVERSIZED_NOTE, effective_label
 from niff_export.report.api import ReportResult, report_checkpoint
 
 DESCRIPTION = """\
@@ -73,8 +74,10 @@ def _summary(result: ReportResult, elapsed: float) -> str:
     for s in report.layers:
         lines.append(
             f"{s.layer:<40}{s.kind:<11}{f'{s.map_size}x{s.map_size}':>7}"
-            + "".join(f"{s.effective_kernel(t):>8}" for t in THRESHOLDS)
+            + "".join(f"{effective_label(s, t):>8}" for t in THRESHOLDS)
         )
+    if any(s.effective_kernel(t) > s.map_size for s in report.layers for t in THRESHOLDS):
+        lines.append(OVERSIZED_NOTE)
     lines += ["", "Wrote:", *(f"  {path}" for path in result.files)]
     return "\n".join(lines)
 

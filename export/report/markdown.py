@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from niff_export.kernels import THRESHOLDS
-from niff_export.report.analysis import KernelReport
+from niff_export.report.analysis import OVERSIZED_NOTE, KernelReport, effective_label
 
 # Window sides whose mass and error the Markdown table shows beside the effective sizes.
 SHOWN_KERNEL = 7
@@ -45,12 +45,14 @@ def render(report: KernelReport) -> str:
         "|---|---|---:|---:|" + "---:|" * len(THRESHOLDS) + "---:|---:|",
     ]
     for s in report.layers:
-        sizes = " | ".join(str(s.effective_kernel(t)) for t in THRESHOLDS)
+        sizes = " | ".join(effective_label(s, t).replace("*", "\\*") for t in THRESHOLDS)
         index = s.index(k)
         lines.append(
             f"| `{s.layer}` | {s.kind} | {s.map_size}x{s.map_size} | {int(s.mass.shape[0])} | {sizes} | "
             f"{s.mass_ratio[index]:.3f} | {s.spectral_error[index]:.3f} |"
         )
+    if any(s.effective_kernel(t) > s.map_size for s in report.layers for t in THRESHOLDS):
+        lines += ["", OVERSIZED_NOTE.replace("*", "\\*", 1) + "."]
     lines += [
         "",
         "The same table as an image: `effective_kernels.png`. Every number: `report.json`.",
