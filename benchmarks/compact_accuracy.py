@@ -54,13 +54,13 @@ def main() -> None:
                 digits.DEFAULT_CHECKPOINT, digits.INPUT_SIZE, tmp, name=f"s{index}", formats=["onnx"], compact=request
             )
             if model_inputs is None:
-                spec = result.metadata["preprocessing"]
-                model_inputs = digits.to_tensor(images, spec["mean"], spec["std"]).numpy()
+                spec = result.manifest.preprocessing
+                model_inputs = digits.to_tensor(images, spec.mean, spec.std).numpy()
             predicted = predictions(result.path / "1" / "model.onnx", model_inputs)
             exact = predicted if exact is None else exact
-            layers = result.metadata.get("compact", {}).get("layers", [])
-            kernels = " ".join(str(c["kernel"] or "-") for c in layers) or "exact"
-            mass = [c["mass_kept"] for c in layers if c["kernel"]]
+            layers = result.manifest.compact.layers if result.manifest.compact else ()
+            kernels = " ".join(str(c.kernel or "-") for c in layers) or "exact"
+            mass = [c.mass_kept for c in layers if c.kernel]
             rows.append(
                 (
                     label,

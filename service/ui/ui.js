@@ -145,7 +145,9 @@ function card(detail) {
     ]),
   ];
   if (niff.parity) {
-    parts.push(el("h4", {}, `Parity with eager PyTorch (tolerance ${niff.parity.tolerance}, `
+    const override = niff.parity.tolerance_override;
+    const set = override ? `, set by --parity-tolerance; the default is ${override.default_tolerance}` : "";
+    parts.push(el("h4", {}, `Parity with eager PyTorch (tolerance ${niff.parity.tolerance}${set}, `
       + `${niff.parity.passed ? "passed" : "failed"})`));
     parts.push(el("table", { id: "parity" },
       el("tr", {}, ["candidate", "inputs", "max abs error", "relative error", "top-1 agreement"].map((h) => el("th", {}, h))),
