@@ -79,6 +79,14 @@ def test_curl_line_classifies_the_example(make_serve):
     assert best["label"] == "7" and best["index"] == 7
 
 
+def test_plain_python_snippet(make_serve):
+    port, _, _ = make_serve
+    snippet = _block("python", "import httpx").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["7"]
+
+
 def test_tritonclient_snippet(make_serve):
     port, _, models = make_serve
     snippet = _block("python", "tritonclient").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
