@@ -43,3 +43,14 @@ def realistic(model: nn.Module, size: int, seed: int = 0) -> nn.Module:
 def zoo_model(name: str, size: int, num_classes: int = 10, **kwargs) -> nn.Module:
     torch.manual_seed(0)
     return realistic(niff.create_model(name, num_classes=num_classes, **kwargs), size)
+
+
+class OnePercentOff(nn.Module):
+    """An artifact that is 1 % off: what a wrong lowering would produce (for the parity gate's tests)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * 1.01

@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from model_helpers import zoo_model
+from model_helpers import OnePercentOff, zoo_model
 from reference_vectors import relative_error, vectors
 
 import niff
@@ -206,24 +206,13 @@ def test_repository_files_describe_the_model(small_model, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-class _Drift(torch.nn.Module):
-    """An artifact that is 1 % off: what a wrong lowering would produce."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * 1.01
-
-
 def test_parity_gate_refuses_a_wrong_artifact(small_model, tmp_path, monkeypatch):
     import niff_export.api
     from niff_export import ExportError
 
     earlier = export_model(small_model, SMALL, tmp_path, name="drifted", formats=["onnx"])
     before = (earlier.path / "niff.json").read_text()
-    monkeypatch.setattr(niff_export.api, "in_precision", lambda model, fp16: _Drift(model))
+    monkeypatch.setattr(niff_export.api, "in_precision", lambda model, fp16: OnePercentOff(model))
     with pytest.raises(ExportError) as failure:
         export_model(small_model, SMALL, tmp_path, name="drifted", force=True)
     message = str(failure.value)

@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from model_helpers import realistic
+from model_helpers import OnePercentOff, realistic
 
 import niff
 import niff_export.api
@@ -97,19 +97,8 @@ def test_parity_tolerance_exports_it_and_records_it_loudly(ill, tmp_path, capsys
     assert read_model_folder(folder).manifest.parity.tolerance_override.default_tolerance == 1e-4
 
 
-class _Drift(torch.nn.Module):
-    """An artifact that is 1 % off: what a wrong lowering would produce."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * 1.01
-
-
 def test_a_wrong_export_is_called_wrong_and_the_option_is_not_offered(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(niff_export.api, "in_precision", lambda model, fp16: _Drift(model))
+    monkeypatch.setattr(niff_export.api, "in_precision", lambda model, fp16: OnePercentOff(model))
     with pytest.raises(ExportError) as failure:
         export_model(tiny, SIZE, tmp_path, name="wrong", formats=["onnx"])
     message = str(failure.value)
