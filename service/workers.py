@@ -161,8 +161,9 @@ def supervise(settings: Settings, workers: int) -> int:
     """Run ``workers`` worker processes on one socket until they have all stopped; their exit status.
 
     The first worker starts alone: a model that cannot load ends the server with that worker's one
-    error line, and the others start only once it serves. Once all serve, the supervisor logs so and
-    lets go of the socket: when every worker has stopped accepting (the drain), connections are refused.
+    error line, and the others start only once it serves. Once all have started, or the server is asked
+    to stop before that, the supervisor lets go of the socket: when every worker has stopped accepting
+    (the drain), connections are refused. It logs once all serve.
     Every worker beats (:mod:`niff_serve.liveness`); one silent for ``liveness_timeout_s`` is killed and
     the server stops, exit status 1.
     """
@@ -189,6 +190,8 @@ def supervise(settings: Settings, workers: int) -> int:
         announced = False
         while len(supervisor.exited) < len(supervisor.children):
             supervisor.tick()
+            if supervisor.stopping or len(supervisor.children) == workers:
+                listener.close()  # the workers hold it (those that will ever run)
             ready = [life for life in supervisor.lives.values() if life.ready]
             if supervisor.stopping or announced or len(ready) < len(supervisor.children):
                 continue
@@ -196,7 +199,6 @@ def supervise(settings: Settings, workers: int) -> int:
                 supervisor.spawn(workers - 1)
                 continue
             announced = True
-            listener.close()  # the workers hold it now
             pids = list(supervisor.children)
             logger.info("serving with %d worker processes", workers, extra={"pids": pids})
         if supervisor.status or asked is None:
