@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from niff_contract.image_errors import CorruptImage, ImageTooCostly
@@ -81,28 +82,41 @@ def check_pixels(fmt: str, width: int, height: int, size: int, structure: Struct
             )
 
 
-def _too_many_chunks(fmt: str, most: int, size: int) -> ImageTooCostly:
-    return ImageTooCostly(f"the {fmt} image has more than {most} chunks; an image of {size} bytes may have {most}")
+def _chunks(data: bytes, fmt: str, start: int, header: str, png: bool) -> Iterator[tuple[bytes, int]]:
+    """(type, payload length) of each chunk from ``start``, at most :func:`max_parts` of them.
 
-
-def _png(data: bytes) -> Structure:
+    PNG chunks are length then type (big-endian) and end with a CRC; RIFF chunks (WebP) are type then length
+    (little-endian), their payload padded to an even size.
+    """
     most = max_parts(len(data))
-    bits = data[24] * _PNG_SAMPLES.get(data[25], 4) if len(data) > 25 else 0  # IHDR: bit depth, colour type
-    position, chunks, pixel_bytes = 8, 0, 0
+    position, chunks = start, 0
     while position + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, position)
         chunks += 1
         if chunks > most:
             raise ImageTooCostly(
-                f"the PNG image has more than {most} chunks; an image of {len(data)} bytes may have {most}"
+                f"the {fmt} image has more than {most} chunks; an image of {len(data)} bytes may have {most}"
             )
+        first, second = struct.unpack_from(header, data, position)
+        kind, length = (second, first) if png else (first, second)
+        yield kind, length
+        position += (12 + length) if png else (8 + length + (length & 1))
+
+
+def _exif_limit(fmt: str, length: int) -> None:
+    if length > MAX_EXIF_BYTES:
+        raise ImageTooCostly(f"the {fmt} image's EXIF block is {length} bytes; the limit is {MAX_EXIF_BYTES}")
+
+
+def _png(data: bytes) -> Structure:
+    bits = data[24] * _PNG_SAMPLES.get(data[25], 4) if len(data) > 25 else 0  # IHDR: bit depth, colour type
+    pixel_bytes = 0
+    for kind, length in _chunks(data, "PNG", 8, ">I4s", png=True):
         if kind in (b"IDAT", b"fdAT"):
             pixel_bytes += length
-        elif kind == b"eXIf" and length > MAX_EXIF_BYTES:
-            raise ImageTooCostly(f"the PNG image's EXIF block is {length} bytes; the limit is {MAX_EXIF_BYTES}")
+        elif kind == b"eXIf":
+            _exif_limit("PNG", length)
         elif kind == b"IEND":
             break
-        position += 12 + length
     return Structure(pixel_bytes, bits)
 
 
@@ -137,18 +151,9 @@ def _jpeg(data: bytes) -> None:
 
 
 def _webp(data: bytes) -> None:
-    most = max_parts(len(data))
-    position, chunks = 12, 0
-    while position + 8 <= len(data):
-        kind, length = struct.unpack_from("<4sI", data, position)
-        chunks += 1
-        if chunks > most:
-            raise ImageTooCostly(
-                f"the WebP image has more than {most} chunks; an image of {len(data)} bytes may have {most}"
-            )
-        if kind == b"EXIF" and length > MAX_EXIF_BYTES:
-            raise ImageTooCostly(f"the WebP image's EXIF block is {length} bytes; the limit is {MAX_EXIF_BYTES}")
-        position += 8 + length + (length & 1)
+    for kind, length in _chunks(data, "WebP", 12, "<4sI", png=False):
+        if kind == b"EXIF":
+            _exif_limit("WebP", length)
 
 
 def _tiff(data: bytes) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_helpers import OnePercentOff
 from torch import nn
 
 import niff
@@ -134,22 +135,11 @@ def test_force_replaces_only_that_version(checkpoints: dict[int, Path], tmp_path
     assert [p.name for p in tmp_path.iterdir()] == [NAME]
 
 
-class _Drift(nn.Module):
-    """An artifact 1 % off: the parity gate must refuse it."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * 1.01
-
-
 def test_a_parity_failure_leaves_the_folder_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     export(tmp_path, 1)
     export(tmp_path, 2)
     before = snapshot(tmp_path)
-    monkeypatch.setattr(niff_export.api, "in_precision", lambda model, fp16: _Drift(model))
+    monkeypatch.setattr(niff_export.api, "in_precision", lambda model, fp16: OnePercentOff(model))
     with pytest.raises(ExportError, match="parity check failed; nothing was written"):
         export(tmp_path, 3)
     with pytest.raises(ExportError, match="parity check failed; nothing was written"):
