@@ -132,7 +132,7 @@ RUN PIP_PYTHON=/opt/build/bin/python PIP_REQUIRE_HASHES=0 PIP_ONLY_BINARY=:none:
     && PIP_REQUIRE_HASHES=0 pip install --no-index --no-warn-script-location --root /staging /dist/*.whl
 
 # ---------------------------------------------------------------------------------------------------
-# server: what both serving images share. NIFF_* are niff-serve's settings (service/settings.py).
+# server: what both serving images share. NIFF_* are niff-serve's settings (service/core/settings.py).
 # ---------------------------------------------------------------------------------------------------
 FROM runtime AS server
 

@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 VENV_TORCH_VERSION ?= 2.13.0
 TORCH_VARIANT ?= cpu
 
-.PHONY: install test lint clean serve export browser
+.PHONY: install test test-fast lint clean serve export browser
 
 # `make serve` exports a checkpoint (once; again only when the checkpoint or these settings change, then
 # with --force over the version 1 it wrote before) and serves it. By default the embedded digits model;
@@ -45,6 +45,11 @@ lint: install
 
 test: lint browser
 	$(PY) -m pytest
+
+# The fast tier: the service in-process (the app through httpx, the gRPC servicer called directly, the data
+# plane) on small ONNX models built without torch; no server process, no port. `make test` runs everything.
+test-fast: install
+	$(PY) -m pytest -m fast
 
 # The page's tests (tests/service/test_ui_page.py) drive a headless Chromium: Debian's, installed here when
 # missing and this is root on a Debian-like system; NIFF_CHROMIUM names another one.

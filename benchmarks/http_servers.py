@@ -3,7 +3,7 @@
 For each server: server CPU per request (a 32x32 PNG classified by the digits model, 16 closed-loop
 clients, the server's CPU from /proc), what a 1 MiB request header gets, when a connection that sends
 nothing is closed, and when an idle keep-alive connection is closed. ``niff-serve`` is uvicorn with
-httptools plus the limits of ``niff_serve.connections``; the others run the same app with their defaults.
+httptools plus the limits of ``niff_serve.http.connections``; the others run the same app with their defaults.
 Servers that are not installed are skipped with a line (``pip install granian hypercorn`` adds them).
 
     python benchmarks/http_servers.py --model-repository models --model digits --image examples/digits/digit-7.png
@@ -29,9 +29,9 @@ from pathlib import Path
 from service_load import cpu_seconds
 
 APP_MODULE = """
-from niff_serve.app import create_app
-from niff_serve.logs import configure_logging
-from niff_serve.settings import Settings
+from niff_serve.process.serving import create_app
+from niff_serve.core.logs import configure_logging
+from niff_serve.core.settings import Settings
 
 configure_logging("warning")
 app = create_app(Settings())

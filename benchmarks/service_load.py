@@ -53,8 +53,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2
 
 from niff_contract import read_model_folder
-from niff_serve.backends import load_backend
-from niff_serve.settings import Settings
+from niff_serve.core.backends import load_backend
+from niff_serve.core.settings import Settings
 
 MODES = ("classify", "v2", "grpc")
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"

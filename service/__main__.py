@@ -1,5 +1,5 @@
 """``python -m niff_serve`` is ``niff-serve``."""
 
-from niff_serve.cli import main
+from niff_serve.process.cli import main
 
 main()

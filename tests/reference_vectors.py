@@ -11,12 +11,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from niff.layers import FreqConv1x1, FreqConvDW, FreqConvFull, split_conv
+if TYPE_CHECKING:  # torch only where it is used: the suite's header and the fast tier import this module
+    import torch
+    from torch import nn
 
 FULL_SET_DIR = Path(os.environ.get("NIFF_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 SUBSET_DIR = Path(__file__).resolve().parent / "fixtures" / "reference"
@@ -33,6 +32,8 @@ class Golden:
         return self.file.startswith("layer_")
 
     def load(self) -> dict[str, Any]:
+        import torch
+
         return torch.load(REFERENCE_DIR / self.file, weights_only=True)
 
 
@@ -42,6 +43,8 @@ def vectors() -> list[Golden]:
 
 def layer_for(meta: dict[str, Any]) -> nn.Module:
     """Our layer for a golden layer file, from the reference constructor call recorded in its meta."""
+    from niff.layers import FreqConv1x1, FreqConvDW, FreqConvFull, split_conv
+
     ref, c, o = meta["reference"], meta.get("C"), meta.get("O")
     if "FreqConv_DW_fftifft" in ref:
         return FreqConvDW(c, mlp="big" if "niff_big" in ref else "small")

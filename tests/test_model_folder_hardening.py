@@ -27,9 +27,9 @@ from onnx import TensorProto, helper, numpy_helper
 import niff
 import niff_export
 from niff_contract import ContractError, parse_config, read_model_folder, scan_repository, sha256_file
-from niff_serve.backends import load_backend, warm_up
-from niff_serve.errors import ConfigurationError
-from niff_serve.settings import Settings
+from niff_serve.core.backends import load_backend, warm_up
+from niff_serve.core.errors import ConfigurationError
+from niff_serve.core.settings import Settings
 
 NAME = "tiny"
 SIZE = 32

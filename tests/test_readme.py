@@ -7,23 +7,16 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from polling import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _block(language: str, containing: str) -> str:
@@ -34,7 +27,7 @@ def _block(language: str, containing: str) -> str:
 @pytest.fixture(scope="module")
 def make_serve(tmp_path_factory):
     """`make serve` as the README says, with free ports and a scratch model repository."""
-    port, grpc_port, models = _free_port(), _free_port(), tmp_path_factory.mktemp("models")
+    port, grpc_port, models = free_port(), free_port(), tmp_path_factory.mktemp("models")
     venv = Path(sys.executable).parent.parent
     process = subprocess.Popen(
         ["make", "serve", f"PORT={port}", f"GRPC_PORT={grpc_port}", f"MODELS={models}", f"VENV={venv}"],
@@ -45,18 +38,17 @@ def make_serve(tmp_path_factory):
         start_new_session=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("NIFF_")},
     )
-    deadline = time.monotonic() + 300
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"make serve exited with {process.returncode}:\n{process.stdout.read()}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"make serve exited with {process.returncode}:\n{process.stdout.read()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "make serve was not ready within 300 s"
-            time.sleep(0.2)
+        wait_until(ready, "make serve was not ready", timeout=300)
         yield port, grpc_port, models
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -93,7 +93,7 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The app niff-serve builds, not started (nothing loaded), with an API key so that the tests see
     which paths stay open without one."""
-    from niff_serve.app import create_app
+    from niff_serve.process.serving import create_app
 
     repository = tmp_path_factory.mktemp("empty-repository")
     return create_app(settings_class()(model_repository=repository, api_key="deploy-test-key"))

@@ -1,7 +1,7 @@
 """Readers shared by the deployment checks: the Dockerfile, the manifests, pyproject and the service.
 
-Everything the tests compare against comes from the code (``niff_serve.settings.Settings``,
-``niff_serve.app.create_app``, ``niff_serve.cli``) or from pyproject.toml, never from copied values.
+Everything the tests compare against comes from the code (``niff_serve.core.settings.Settings``,
+``niff_serve.process.serving.create_app``, ``niff_serve.process.cli``) or from pyproject.toml, never from copied values.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def serving_workloads() -> list[Workload]:
 # The service, read from its code
 # --------------------------------------------------------------------------------------------------
 def settings_class() -> type:
-    from niff_serve.settings import Settings
+    from niff_serve.core.settings import Settings
 
     return Settings
 

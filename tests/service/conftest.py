@@ -12,10 +12,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,17 +23,16 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 import tritonclient.http as triton_http
 from PIL import Image
-from polling import wait_until
+from polling import free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_sample_images
 
-import niff
-import niff_export
-from niff_contract import ImageLimits, Preprocessor, read_model_folder
-from niff_serve.postprocessing import softmax
+from niff_contract import ImageLimits, Preprocessing, Preprocessor, read_model_folder
+from niff_serve.core.postprocessing import softmax
+
+from . import tiny_onnx
 
 API_KEY = "test-key-0123456789"
 TINY = "tiny"  # 10 classes, 32x32, ONNX and TorchScript
@@ -50,10 +47,18 @@ def export_test_model(
     size: int,
     labels: list[str],
     formats: tuple[str, ...] = ("onnx", "torchscript"),
-    preprocessing: niff.Preprocessing | None = None,
+    preprocessing: Preprocessing | None = None,
     version: int = 1,
 ) -> Path:
-    """Export a tiny NIFF model (ResNet-18 split, narrow) into ``repository/name`` and return that folder."""
+    """Export a tiny NIFF model (ResNet-18 split, narrow) into ``repository/name`` and return that folder.
+
+    torch is imported here, not at the top: the in-process tier (``make test-fast``) never imports it.
+    """
+    import torch
+
+    import niff
+    import niff_export
+
     torch.manual_seed(len(name))
     model = niff.create_model(
         "resnet18_split", num_classes=len(labels), small_input=True, widths=(8, 16, 32, 64), layers=(1, 1, 1, 1)
@@ -74,9 +79,26 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         size=24,
         labels=["cat", "dog", "bird", "fish"],
         formats=("onnx",),
-        preprocessing=niff.Preprocessing(
+        preprocessing=Preprocessing(
             input_size=24, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic"
         ),
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def onnx_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models named and shaped like :func:`repository`'s (10 and 4 classes, different preprocessing), built
+    without torch (:mod:`tiny_onnx`): the in-process tier's."""
+    root = tmp_path_factory.mktemp("onnx-models")
+    tiny_onnx.write_folder(root, TINY, size=32, labels=tuple(DIGIT_LABELS))
+    tiny_onnx.write_folder(
+        root,
+        MINI,
+        size=24,
+        labels=("cat", "dog", "bird", "fish"),
+        preprocessing=Preprocessing(crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic"),
+        seed=1,
     )
     return root
 
@@ -144,12 +166,6 @@ def photos() -> Photos:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def workers_of(server: ServerProcess) -> list[int]:
     """The pids of a supervising server's worker processes."""
     children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
@@ -205,17 +221,16 @@ class ServerProcess:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=60, **options)  # type: ignore[arg-type]
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log()}")
+        wait_until(self.ready, lambda: f"server not ready:\n{self.log()}", timeout)
+
+    def ready(self) -> bool:
+        """Whether the server reports ready; RuntimeError once it has exited."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

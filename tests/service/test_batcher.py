@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
+from polling import wait_until
 
-from niff_serve.batcher import DynamicBatcher
-from niff_serve.deadline import Deadline
-from niff_serve.errors import BadRequest, DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
-from niff_serve.metrics import Metrics
+from niff_serve.core.batcher import DynamicBatcher
+from niff_serve.core.deadline import Deadline
+from niff_serve.core.errors import BadRequest, DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
+from niff_serve.core.metrics import Metrics
+
+pytestmark = pytest.mark.fast
 
 
 class RecordingBackend:
@@ -61,12 +63,9 @@ def run(scenario: Scenario, backend: RecordingBackend | None = None, **options: 
     return backend
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    """Yield to the event loop until ``condition`` holds: wait for a state, never for a fixed time."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
-        await asyncio.sleep(0.001)
+async def until(condition: Callable[[], bool], failure: str) -> None:
+    """:func:`wait_until` off the event loop, which meanwhile runs the batcher."""
+    await asyncio.to_thread(wait_until, condition, failure, 10)
 
 
 def queued(batcher: DynamicBatcher, count: int) -> Callable[[], bool]:
@@ -129,7 +128,7 @@ def test_deadline_gives_504_and_frees_the_queue() -> None:
 def test_cancelled_request_is_dropped_before_inference() -> None:
     async def scenario(batcher: DynamicBatcher, _: RecordingBackend) -> None:
         task = asyncio.create_task(infer(batcher, rows(1)))
-        await until(queued(batcher, 1))
+        await until(queued(batcher, 1), "one row not queued")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -155,7 +154,7 @@ def test_requests_queue_while_a_batch_runs_and_leave_together() -> None:
         first = asyncio.create_task(infer(batcher, rows(1)))
         await asyncio.to_thread(backend.entered.wait, 10)  # the first batch is now blocked inside the backend
         rest = [asyncio.create_task(infer(batcher, rows(v))) for v in (2, 3, 4)]
-        await until(queued(batcher, 3))
+        await until(queued(batcher, 3), "three rows not queued")
         backend.gate.set()
         assert [r.ravel().tolist() for r in await asyncio.gather(first, *rest)] == [[1], [2], [3], [4]]
 
@@ -169,7 +168,7 @@ def test_close_finishes_admitted_work_and_refuses_new() -> None:
         batcher = DynamicBatcher(backend, max_batch_size=4, max_delay_s=30, max_queue_size=8, metrics=metrics)
         batcher.start()
         pending = [asyncio.create_task(infer(batcher, rows(v))) for v in (1, 2)]
-        await until(queued(batcher, 2))
+        await until(queued(batcher, 2), "two rows not queued")
         await batcher.close()  # does not wait the 30 s delay
         assert [r.ravel().tolist() for r in await asyncio.gather(*pending)] == [[1], [2]]
         with pytest.raises(ServiceUnavailable):

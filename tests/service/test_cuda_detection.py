@@ -6,8 +6,10 @@ import ctypes
 
 import pytest
 
-from niff_serve.backends import onnxruntime as ort_backend
-from niff_serve.errors import ConfigurationError
+from niff_serve.core.backends import onnxruntime as ort_backend
+from niff_serve.core.errors import ConfigurationError
+
+pytestmark = pytest.mark.fast
 
 
 def test_no_driver_means_no_gpu(monkeypatch):

@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from niff_serve.errors import BadRequest
-from niff_serve.json_tensors import parse_numeric_array, placeholder_index, split_numeric_arrays
-from niff_serve.protocol_v2 import TensorShape, decode_request
+from niff_serve.core.errors import BadRequest
+from niff_serve.core.protocol_v2 import TensorShape
+from niff_serve.http.json_tensors import parse_numeric_array, placeholder_index, split_numeric_arrays
+from niff_serve.http.v2_json import decode_request
+
+pytestmark = pytest.mark.fast
 
 SHAPE = TensorShape(size=32, num_classes=10, max_batch_size=8)
 
@@ -94,8 +97,8 @@ def test_decoding_a_large_json_tensor_takes_little_more_than_the_text(tensor: np
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent (pytest) across exec.
 _MEASURE = """
 import json, re, sys
-from niff_serve.json_tensors import parse_cost, split_numeric_arrays
-from niff_serve.protocol_v2 import InferRequest
+from niff_serve.http.json_tensors import parse_cost, split_numeric_arrays
+from niff_serve.http.v2_json import InferRequest
 def peak():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 text = split_numeric_arrays(open(sys.argv[1], "rb").read()).remainder

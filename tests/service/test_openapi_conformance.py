@@ -17,10 +17,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from niff_contract import read_model_folder
-from niff_serve.app import create_app
-from niff_serve.settings import Settings
+from niff_serve.core.settings import Settings
+from niff_serve.process.serving import create_app
 
 from .conftest import API_KEY, MINI, TINY
+
+pytestmark = pytest.mark.fast
 
 CLASSIFY = "/v1/models/{name}:classify"
 INFER = "/v2/models/{name}/infer"
@@ -42,9 +44,9 @@ def _started(repository: Path, api_key: str | None) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
-def client(repository: Path) -> Iterator[TestClient]:
+def client(onnx_repository: Path) -> Iterator[TestClient]:
     """Both models (10 and 4 classes), with an API key."""
-    yield from _started(repository, API_KEY)
+    yield from _started(onnx_repository, API_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +80,12 @@ def _classify_operations(document: dict[str, Any]) -> dict[str, tuple[dict[str, 
     return found
 
 
-def test_classify_paths_bound_top_k_by_each_models_classes(document: dict[str, Any], repository: Path) -> None:
+def test_classify_paths_bound_top_k_by_each_models_classes(document: dict[str, Any], onnx_repository: Path) -> None:
     """tiny has 10 classes, mini 4: the template path names tiny only, mini has a path of its own."""
     operations = _classify_operations(document)
     assert set(operations) == {CLASSIFY, f"/v1/models/{MINI}:classify"}
     for operation, names in operations.values():
-        [count] = {read_model_folder(repository / name).num_classes for name in names}
+        [count] = {read_model_folder(onnx_repository / name).num_classes for name in names}
         assert _parameter(operation, "top_k")["schema"] == {"type": "integer", "minimum": 1, "default": 5} | {
             "maximum": count
         }
@@ -108,8 +110,8 @@ def test_classify_accepts_every_top_k_its_path_allows_and_refuses_more(
             assert refused.status_code == 400 and f"has {maximum} classes" in refused.json()["error"]
 
 
-def test_without_an_api_key_no_classify_path_asks_for_one(repository: Path) -> None:
-    for open_client in _started(repository, None):
+def test_without_an_api_key_no_classify_path_asks_for_one(onnx_repository: Path) -> None:
+    for open_client in _started(onnx_repository, None):
         document = open_client.get("/openapi.json").json()
         operations = _classify_operations(document)
         assert len(operations) == 2

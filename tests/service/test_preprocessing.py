@@ -12,6 +12,8 @@ from sklearn.datasets import load_digits
 from niff_contract import ImageLimits, Preprocessing, Preprocessor, decode_image
 from niff_contract.images import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage
 
+pytestmark = pytest.mark.fast
+
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 

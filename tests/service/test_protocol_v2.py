@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from niff_serve.batcher import BatchResult
-from niff_serve.dataplane import InferenceResult
-from niff_serve.errors import BadRequest
-from niff_serve.postprocessing import softmax
-from niff_serve.protocol_v2 import HEADER_LENGTH, DecodedRequest, TensorShape, decode_request, encode_response
+from niff_serve.core.batcher import BatchResult
+from niff_serve.core.errors import BadRequest
+from niff_serve.core.inference import InferenceResult
+from niff_serve.core.postprocessing import softmax
+from niff_serve.core.protocol_v2 import DecodedRequest, TensorShape
+from niff_serve.http.v2_json import HEADER_LENGTH, decode_request, encode_response
+
+pytestmark = pytest.mark.fast
 
 SHAPE = TensorShape(size=4, num_classes=3, max_batch_size=8)
 COUNT = 3 * 4 * 4

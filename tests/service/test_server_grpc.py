@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -13,11 +12,12 @@ import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 import tritonclient.http as triton_http
+from polling import wait_until
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from niff_contract import message_json
-from niff_serve.postprocessing import softmax
+from niff_serve.core.postprocessing import softmax
 
 from .conftest import API_KEY, MINI, TINY, Photos, Reference, ServerProcess
 
@@ -250,9 +250,11 @@ def test_request_id_answers_in_trailing_metadata_and_logs(
     def logged() -> list[dict]:
         return [r for r in server.log_records() if r.get("request_id") in ("grpc-trace-7", generated)]
 
-    deadline = time.monotonic() + 30
-    while len(records := logged()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    def both_logged() -> list[dict] | None:
+        records = logged()
+        return records if len(records) >= 2 else None
+
+    records = wait_until(both_logged, "two access-log lines")
     assert [(r["logger"], r["grpc_method"], r["grpc_code"]) for r in records] == [
         ("niff_serve.access", "ModelMetadata", "OK")
     ] * 2
@@ -295,9 +297,8 @@ def test_full_queue_is_unavailable_with_retry_info(slow_server: ServerProcess, p
             waiting = [
                 asyncio.ensure_future(client.infer(TINY, [image_input([photos.jpeg["china"]])])) for _ in range(3)
             ]
-            deadline = time.monotonic() + 30
-            while slow_server.metric("niff_queue_depth", model=TINY) < 3 and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            queued = lambda: slow_server.metric("niff_queue_depth", model=TINY) >= 3  # noqa: E731
+            await asyncio.to_thread(wait_until, queued, "three requests not queued")
             async with grpc.aio.insecure_channel(slow_server.grpc_url) as channel:
                 request = images_request(TINY, [photos.jpeg["flower"], photos.jpeg["china"]])
                 with pytest.raises(grpc.aio.AioRpcError) as error:

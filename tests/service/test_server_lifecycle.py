@@ -16,10 +16,10 @@ import pytest
 from polling import wait_until
 
 from niff_contract import sha256_file
-from niff_serve.cli import main
-from niff_serve.errors import ConfigurationError
-from niff_serve.settings import Settings
-from niff_serve.workers import supervise
+from niff_serve.core.errors import ConfigurationError
+from niff_serve.core.settings import Settings
+from niff_serve.process.cli import main
+from niff_serve.process.workers import supervise
 
 from .conftest import MINI, TINY, Photos, Reference, ServerProcess, classify, free_port
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from polling import wait_until
 
-from niff_serve.logs import QUEUE_LINES, WRITE_BATCH_LINES
+from niff_serve.core.logs import QUEUE_LINES, WRITE_BATCH_LINES
 
 from .conftest import TINY, free_port
 

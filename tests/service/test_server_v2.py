@@ -14,7 +14,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from niff_contract import parse_config
-from niff_serve.postprocessing import softmax
+from niff_serve.core.postprocessing import softmax
 
 from .conftest import DIGIT_LABELS, MINI, TINY, Photos, Reference, ServerProcess, export_test_model
 

@@ -108,3 +108,44 @@ def test_a_stopped_supervisor_makes_the_workers_report_not_ready(pair: ServerPro
     finally:
         os.kill(pair.process.pid, signal.SIGCONT)
     wait_until(lambda: ready() == 200, "the workers did not become ready again")
+
+
+def test_workers_get_their_settings_without_the_key_in_their_environment(
+    tiny_only_repository: Path, tmp_path: Path, photos: Photos
+) -> None:
+    """The supervisor hands each worker its settings through a pipe: the API key is in no worker's environment
+    or command line, and every worker still checks it (and serves the other settings given)."""
+    key = "worker-settings-key-1234"
+    server = ServerProcess(
+        tiny_only_repository, tmp_path / "server.log", "--workers", "2", "--max-batch-size", "4", api_key=key
+    )
+    try:
+        server.wait_ready()
+        wait_until(lambda: "serving with 2 worker processes" in server.log(), "the two workers did not both serve")
+        workers = workers_of(server)
+        assert len(workers) == 2
+        for pid in workers:
+            environment = Path(f"/proc/{pid}/environ").read_bytes()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert key.encode() not in environment and b"NIFF_" not in environment
+            assert key.encode() not in command
+        data = photos.encode("china", "JPEG")
+        # New connections each time, so both workers answer (the kernel spreads connections between them).
+        for _ in range(6):
+            with server.client() as client, httpx.Client(base_url=server.url, timeout=60) as anonymous:
+                assert client.post(f"/v1/models/{TINY}:classify", content=data).status_code == 200
+                assert anonymous.post(f"/v1/models/{TINY}:classify", content=data).status_code == 401
+                assert client.get(f"/v1/models/{TINY}").json()["max_batch_size"] == 4
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+def test_a_worker_that_does_not_start_in_time_stops_the_server(tiny_only_repository: Path, tmp_path: Path) -> None:
+    """A worker still not serving after startup_timeout_s (here: shorter than its imports take) is killed, and
+    the server exits with status 1 and one line saying why."""
+    server = ServerProcess(
+        tiny_only_repository, tmp_path / "server.log", "--workers", "2", "--startup-timeout-s", "0.2"
+    )
+    assert server.process.wait(120) == 1
+    assert "did not serve within startup_timeout_s (0.2 s)" in server.log()
+    assert "Traceback" not in server.log()

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from niff_serve.cli import load_settings
-from niff_serve.settings import Settings, unknown_env_names
+from niff_serve.core.settings import Settings, unknown_env_names
+from niff_serve.process.cli import load_settings
+
+pytestmark = pytest.mark.fast
 
 FIELDS = {
     "model_repository", "backend", "device", "max_batch_size", "max_batch_delay_ms", "max_queue_size",

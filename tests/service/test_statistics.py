@@ -6,8 +6,10 @@ import time
 
 import pytest
 
-from niff_serve.metrics import Metrics
-from niff_serve.statistics import statistics_message
+from niff_serve.core.metrics import Metrics
+from niff_serve.core.statistics import statistics_message
+
+pytestmark = pytest.mark.fast
 
 
 def test_message_reads_back_what_was_recorded() -> None:

@@ -1,0 +1,229 @@
+"""Serving from several processes: one listening socket, N worker processes, one supervisor.
+
+Python runs one request's framework code at a time per process; worker processes spread that work
+(HTTP parsing, routing, decoding, JSON) over every core. The supervisor binds the port once and passes
+the socket to each worker (the kernel hands every new connection to one of them), forwards SIGTERM (and
+Ctrl-C's SIGINT, as SIGTERM) so each worker drains its own requests, and keeps Prometheus metrics in one
+shared directory so that any worker's ``/metrics`` shows the whole server. A worker that dies on its own,
+or stops beating (stopped, hung), takes the server down (exit status 1): the orchestrator restarts the pod
+rather than this process guessing why."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from niff_serve.core.metrics import PROMETHEUS_DIR_ENV
+from niff_serve.core.ports import cannot_listen
+from niff_serve.core.settings import Settings, warn_about_unknown_env
+from niff_serve.process.liveness import BEAT, BEAT_INTERVAL_S, ChildLiveness, not_started, send, stale
+
+logger = logging.getLogger(__name__)
+_BACKLOG = 2048
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a Kubernetes limit)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def worker_count(settings: Settings, device: str) -> int:
+    """``settings.workers``, or by default one process per available CPU (up to 4) on CPU, one on a GPU.
+
+    On a GPU every process would hold its own CUDA context and copy of the model and form smaller
+    batches, so one process feeds it unless told otherwise.
+    """
+    if settings.workers is not None:
+        return settings.workers
+    return 1 if device == "cuda" else min(4, available_cpus())
+
+
+def worker_settings(settings: Settings, workers: int) -> Settings:
+    """One worker's settings: the server's, serving alone in its process, with its share of the CPUs."""
+    update: dict[str, object] = {"workers": 1}
+    if settings.backend_threads == 0:
+        update["backend_threads"] = max(1, available_cpus() // workers)
+    return settings.model_copy(update=update)
+
+
+def settings_message(settings: Settings) -> bytes:
+    """``settings`` as JSON for a worker (:func:`niff_serve.process.worker.read_settings`), secrets included:
+    it travels through a pipe only the worker can read, never through the environment or the command line."""
+    values = settings.model_dump(mode="json")
+    if settings.api_key is not None:
+        values["api_key"] = settings.api_key.get_secret_value()
+    return json.dumps(values).encode()
+
+
+def worker_environment(metrics_dir: str) -> dict[str, str]:
+    """A worker's environment: the supervisor's without NIFF_* settings (the worker gets its settings as an
+    object), plus the shared metrics directory."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("NIFF_")}
+    env[PROMETHEUS_DIR_ENV] = metrics_dir
+    return env
+
+
+# Until a worker's first beat (its imports: ONNX Runtime, torch for TorchScript), it may be silent this long.
+FIRST_BEAT_GRACE_S = 120.0
+_TICK_S = 0.25
+
+
+class _Supervisor:
+    """The workers of one server and what the supervisor knows of them."""
+
+    def __init__(self, settings: Settings, workers: int, listener: socket.socket, metrics_dir: str) -> None:
+        self.settings = settings
+        self.message = settings_message(worker_settings(settings, workers))
+        self.env = worker_environment(metrics_dir)
+        self.listener = listener
+        self.metrics_dir = metrics_dir
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.lives: dict[int, ChildLiveness] = {}
+        self.exited: set[int] = set()
+        self.given_up: set[int] = set()
+        self.stopping = False
+        self.status = 0
+        self._last_pulse = 0.0
+
+    def spawn(self, count: int) -> None:
+        for _ in range(count):
+            beat_read, beat_write = os.pipe()
+            pulse_read, pulse_write = os.pipe()
+            settings_read, settings_write = os.pipe()
+            with os.fdopen(settings_write, "wb") as pipe:  # far below a pipe's buffer: never blocks
+                pipe.write(self.message)
+            fds = [self.listener.fileno(), beat_write, pulse_read, settings_read]
+            command = [sys.executable, "-m", "niff_serve.process.worker", str(os.getpid()), *map(str, fds)]
+            child = subprocess.Popen(command, env=self.env, pass_fds=fds)
+            for fd in (beat_write, pulse_read, settings_read):
+                os.close(fd)
+            self.children[child.pid] = child
+            self.lives[child.pid] = ChildLiveness(child.pid, beat_read, pulse_write)
+            self.lives[child.pid].last_beat += FIRST_BEAT_GRACE_S
+
+    def stop_all(self, sig: int = signal.SIGTERM) -> None:
+        self.stopping = True
+        for pid, child in self.children.items():
+            if pid not in self.exited and child.poll() is None:
+                child.send_signal(sig)
+
+    def running(self) -> list[ChildLiveness]:
+        return [life for pid, life in self.lives.items() if pid not in self.exited and pid not in self.given_up]
+
+    def tick(self) -> None:
+        """Read beats, beat back, reap exits, and kill a worker that has gone silent or does not start."""
+        running = self.running()
+        readable, _, _ = select.select([life.beat_fd for life in running], [], [], _TICK_S)
+        for life in running:
+            if life.beat_fd in readable:
+                life.read()
+        now = time.monotonic()
+        if now - self._last_pulse >= BEAT_INTERVAL_S:
+            self._last_pulse = now
+            for life in running:
+                send(life.pulse_fd, BEAT)
+        self._reap()
+        settings = self.settings
+        for life in stale(self.running(), settings.liveness_timeout_s):
+            self._give_up(life, f"sent no heartbeat for {life.silent_for(now):.1f} s (stopped or hung)")
+        for life in not_started(self.running(), settings.startup_timeout_s):
+            self._give_up(life, f"did not serve within startup_timeout_s ({settings.startup_timeout_s:g} s)")
+
+    def _give_up(self, life: ChildLiveness, why: str) -> None:
+        """Kill a worker that cannot serve and stop the server (exit status 1), logging why once."""
+        logger.error("worker %d %s; killing it and stopping the server", life.pid, why)
+        self.children[life.pid].kill()
+        self.given_up.add(life.pid)  # no longer running: reported once, reaped next
+        self.status = self.status or 1
+        self.stop_all()
+
+    def _reap(self) -> None:
+        from prometheus_client import multiprocess
+
+        for pid, child in self.children.items():
+            if pid in self.exited or child.poll() is None:
+                continue
+            self.exited.add(pid)
+            multiprocess.mark_process_dead(pid, self.metrics_dir)
+            if self.stopping:
+                continue
+            if self.lives[pid].ready:
+                logger.error("worker %d exited with %d; stopping the others", pid, child.returncode)
+            self.status = child.returncode if child.returncode > 0 else 1
+            self.stop_all()
+
+    def close(self) -> None:
+        for life in self.lives.values():
+            life.close()
+
+
+def supervise(settings: Settings, workers: int) -> int:
+    """Run ``workers`` worker processes on one socket until they have all stopped; their exit status.
+
+    The first worker starts alone: a model that cannot load ends the server with that worker's one
+    error line, and the others start only once it serves. Once all have started, or the server is asked
+    to stop before that, the supervisor lets go of the socket: when every worker has stopped accepting
+    (the drain), connections are refused. It logs once all serve.
+    Every worker beats (:mod:`niff_serve.process.liveness`); one silent for ``liveness_timeout_s`` is killed and
+    the server stops, exit status 1.
+    """
+    try:
+        listener = socket.create_server((settings.host, settings.port), backlog=_BACKLOG)
+    except OSError as exc:
+        raise cannot_listen(settings.host, settings.port, exc) from None
+    warn_about_unknown_env(logger)  # the workers' environment has no NIFF_* names
+    metrics_dir = tempfile.mkdtemp(prefix="niff-metrics-")
+    supervisor = _Supervisor(settings, workers, listener, metrics_dir)
+    asked: int | None = None
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        # As SIGTERM: Ctrl-C sends SIGINT to the whole process group, workers included, and they ignore it
+        # (see niff_serve.process.worker); each then drains on this SIGTERM alone.
+        nonlocal asked
+        asked = asked or sig
+        supervisor.stop_all(signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    try:
+        supervisor.spawn(1)
+        announced = False
+        while len(supervisor.exited) < len(supervisor.children):
+            supervisor.tick()
+            if supervisor.stopping or len(supervisor.children) == workers:
+                listener.close()  # the workers hold it (those that will ever run)
+            ready = [life for life in supervisor.lives.values() if life.ready]
+            if supervisor.stopping or announced or len(ready) < len(supervisor.children):
+                continue
+            if len(supervisor.children) < workers:
+                supervisor.spawn(workers - 1)
+                continue
+            announced = True
+            pids = list(supervisor.children)
+            logger.info("serving with %d worker processes", workers, extra={"pids": pids})
+        if supervisor.status or asked is None:
+            return supervisor.status
+        return 128 + signal.SIGINT if asked == signal.SIGINT else 0  # Ctrl-C: a shell's usual 130
+    finally:
+        listener.close()
+        supervisor.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
