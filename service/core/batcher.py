@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from niff_serve.core.deadline import Deadline
-from niff_serve.core.errors import BadRequest, DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
+from niff_serve.core.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    InferenceFailed,
+    QueueFull,
+    ServiceError,
+    ServiceUnavailable,
+)
 from niff_serve.core.metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
@@ -211,11 +218,16 @@ class DynamicBatcher:
             if logits.shape[0] != inputs.shape[0]:
                 raise RuntimeError(f"backend returned {logits.shape[0]} rows for {inputs.shape[0]} inputs")
         except Exception as exc:  # a failing backend fails this batch only; the loop keeps serving
-            logger.exception("inference failed", extra={"model": self._metrics.model, "batch_size": len(inputs)})
             self._metrics.failures.inc()
+            if isinstance(exc, ServiceError):  # the backend's own answer (a remote predictor's refusal)
+                logger.error("inference failed: %s", exc, extra={"model": self._metrics.model})
+                failure: ServiceError = exc
+            else:
+                logger.exception("inference failed", extra={"model": self._metrics.model, "batch_size": len(inputs)})
+                failure = InferenceFailed(f"inference failed: {exc}")
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_exception(InferenceFailed(f"inference failed: {exc}"))
+                    pending.future.set_exception(failure)
             return
         splitting = time.monotonic()
         elapsed = splitting - started

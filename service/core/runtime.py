@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from niff_contract import TRITON_PLATFORMS, ImageError, ModelFolder, Preprocessor
+from niff_contract import ImageError, ModelFolder, Preprocessor
 from niff_contract.images import (
     CorruptImage,
     EmptyImage,
@@ -22,7 +22,7 @@ from niff_contract.images import (
     UnsupportedImage,
     load_image,
 )
-from niff_serve.core.backends import ARTIFACT_OF, Backend, load_backend, warm_up
+from niff_serve.core.backends import Backend, load_backend, warm_up
 from niff_serve.core.batcher import BatchResult, DynamicBatcher
 from niff_serve.core.body_budget import Upload
 from niff_serve.core.deadline import Deadline
@@ -40,6 +40,8 @@ from niff_serve.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# How a model's backend is made: a local runtime (load_backend), or a remote predictor's client.
+BackendLoader = Callable[[ModelFolder, Settings, int], Backend]
 # Images up to this size are decoded on the event loop (tens of microseconds, less than a thread hand-off).
 INLINE_MAX_PIXELS = 128 * 128
 # Headers of uploads up to this size are read on the event loop: walking their structure is bounded by
@@ -97,11 +99,16 @@ class ModelRuntime:
 
     @classmethod
     def load(
-        cls, folder: ModelFolder, settings: Settings, metrics: ModelMetrics, pool: ThreadPoolExecutor
+        cls,
+        folder: ModelFolder,
+        settings: Settings,
+        metrics: ModelMetrics,
+        pool: ThreadPoolExecutor,
+        loader: BackendLoader = load_backend,
     ) -> ModelRuntime:
-        """Load the backend and warm it up (blocking: call it off the event loop)."""
+        """Load the backend with ``loader`` and warm it up (blocking: call it off the event loop)."""
         max_batch_size, _ = batching(folder, settings)
-        backend = load_backend(folder, settings, max_batch_size)
+        backend = loader(folder, settings, max_batch_size)
         warm_up(backend, folder, max_batch_size)
         return cls(folder, backend, settings, metrics, pool)
 
@@ -111,8 +118,7 @@ class ModelRuntime:
 
     def metadata(self) -> ModelMetadata:
         """The model's KServe v2 metadata, its platform named as Triton names it."""
-        platform = TRITON_PLATFORMS[ARTIFACT_OF[self.backend.kind]]
-        return model_metadata(self.name, self.folder.version, platform, self.tensor_shape)
+        return model_metadata(self.name, self.folder.version, self.backend.platform, self.tensor_shape)
 
     async def infer_images(self, uploads: Sequence[Upload], deadline: Deadline) -> tuple[BatchResult, float]:
         """Logits for encoded images, and the seconds their preprocessing took.

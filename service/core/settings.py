@@ -31,6 +31,13 @@ class Settings(BaseSettings):
 
     model_repository: Path = Field(description="Folder with one sub-folder per model (see docs/model-repository.md).")
     backend: Backend = Field("auto", description="Runtime: auto picks ONNX Runtime unless only TorchScript fits.")
+    predictor: str | None = Field(
+        None,
+        pattern=r"^grpc://[^/\s]+:[0-9]{1,5}$",
+        description="grpc://HOST:PORT of a KServe v2 predictor (another niff-serve, or Triton serving the same "
+        "folders' model.onnx) that runs the models: this server then only decodes, preprocesses and answers "
+        "(a transformer), and loads no runtime.",
+    )
     device: Device = Field("auto", description="auto uses a GPU when the chosen runtime can reach one.")
     max_batch_size: int | None = Field(
         None,

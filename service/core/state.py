@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from niff_contract import scan_repository
+from niff_serve.core.backends import load_backend
 from niff_serve.core.body_budget import BodyBudget
 from niff_serve.core.dataplane import DataPlane
 from niff_serve.core.metrics import Metrics
-from niff_serve.core.runtime import ModelRuntime
+from niff_serve.core.runtime import BackendLoader, ModelRuntime
 from niff_serve.core.settings import Settings, warn_about_unknown_env
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ class Supervision(Protocol):
 class ServiceState:
     """The app's runtime state: models, worker pool, readiness. Lives on ``app.state.service``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, loader: BackendLoader = load_backend) -> None:
         self.settings = settings
+        self._loader = loader
         self.metrics = Metrics()
         self.body_budget = BodyBudget(settings.max_body_memory_bytes)
         self.models: dict[str, ModelRuntime] = {}
@@ -66,7 +68,7 @@ class ServiceState:
                 if folder.manifest.labels_sha256 is None:
                     logger.warning("model %r: niff.json has no labels_sha256: its labels are not checked", folder.name)
                 metrics = self.metrics.for_model(folder.name)
-                runtime = await asyncio.to_thread(ModelRuntime.load, folder, self.settings, metrics, pool)
+                runtime = await asyncio.to_thread(ModelRuntime.load, folder, self.settings, metrics, pool, self._loader)
                 self.models[folder.name] = runtime
                 runtime.batcher.start()
                 runtime.ready = True

@@ -69,14 +69,39 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_text,
         )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    kserve = parser.add_argument_group(
+        "KServe's transformer arguments",
+        "KServe appends these to a transformer container's arguments (deploy/kserve/transformer/).",
+    )
+    kserve.add_argument(
+        "--model_name", default=argparse.SUPPRESS, metavar="NAME", help="Ignored: every folder is served."
+    )
+    kserve.add_argument(
+        "--predictor_host",
+        default=argparse.SUPPRESS,
+        metavar="HOST[:PORT]",
+        help="The predictor's Service: --predictor grpc://HOST:PORT (port 80 when absent) unless --predictor is set.",
+    )
+    kserve.add_argument("--http_port", default=argparse.SUPPRESS, metavar="PORT", help="--port, unless that is set.")
     return parser
+
+
+def kserve_arguments(values: dict[str, object]) -> dict[str, object]:
+    """Settings from KServe's transformer arguments; the settings' own options win."""
+    values.pop("model_name", None)
+    host, port = values.pop("predictor_host", None), values.pop("http_port", None)
+    if host is not None and "predictor" not in values:
+        values["predictor"] = f"grpc://{host}" if ":" in str(host) else f"grpc://{host}:80"
+    if port is not None and "port" not in values:
+        values["port"] = port
+    return values
 
 
 def load_settings(argv: Sequence[str] | None = None) -> Settings:
     """Settings from the environment, overridden by the command line; exits with a message when invalid."""
     args = build_parser().parse_args(argv)
     try:
-        return Settings(**vars(args))
+        return Settings(**kserve_arguments(vars(args)))
     except ValidationError as exc:
         errors = describe_errors(exc.errors(), lambda f: f"{option_name(f)} / {env_name(f)}")
         fail(f"invalid settings: {errors}{_unknown_names()}")
@@ -98,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The ``niff-serve`` console script: check everything that can be checked cheaply, then serve."""
     settings = load_settings(argv)
     try:
-        devices = {choose_backend(folder, settings)[1] for folder in scan_repository(settings.model_repository)}
+        folders = scan_repository(settings.model_repository)
+        # A transformer (--predictor) runs no model itself: it has no runtime to choose.
+        devices = set() if settings.predictor else {choose_backend(folder, settings)[1] for folder in folders}
     except ContractError as exc:
         fail(str(exc))
     configure_logging(settings.log_level)

@@ -24,6 +24,7 @@ from niff_contract import ContractError
 from niff_serve.core.memory import release_freed_memory
 from niff_serve.core.settings import Settings
 from niff_serve.core.state import ServiceState, Supervision
+from niff_serve.grpc.predictor import remote_loader
 from niff_serve.grpc.server import GrpcEndpoint
 from niff_serve.http.app import http_app
 from niff_serve.http.connections import ConnectionLimits, limited_protocol, raise_open_file_limit
@@ -38,7 +39,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
 
     ``worker``: one of several processes serving the same ports.
     """
-    state = ServiceState(settings)
+    state = ServiceState(settings) if settings.predictor is None else ServiceState(settings, remote_loader(settings))
     grpc = GrpcEndpoint(state, shared_port=worker)
 
     @asynccontextmanager

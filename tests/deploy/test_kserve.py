@@ -130,3 +130,63 @@ def test_prometheus_annotations_point_at_the_server(app):
     scope = {"type": "http", "path": path, "method": "GET", "root_path": ""}
     assert any(route.matches(scope)[0] == Match.FULL for route in app.routes), f"{path} is not a route"
     assert TestClient(app).get(path).status_code == 200, "the metrics path must be open to scrapers"
+
+
+# deploy/kserve/transformer: niff-serve as KServe's transformer in front of Triton.
+TRANSFORMER = KSERVE / "transformer" / "inferenceservice.yaml"
+
+
+def transformer_service() -> dict:
+    return one(load_docs([TRANSFORMER]), "InferenceService").body
+
+
+def transformer_container() -> dict:
+    [container] = transformer_service()["spec"]["transformer"]["containers"]
+    return container
+
+
+def test_transformer_example_fronts_triton_over_grpc():
+    spec = transformer_service()["spec"]
+    predictor = spec["predictor"]["model"]
+    assert (predictor["runtime"], predictor["modelFormat"]["name"]) == ("kserve-tritonserver", "onnx")
+    assert predictor["protocolVersion"] == "grpc-v2"
+    assert [p["name"] for p in predictor["ports"]] == ["h2c"], "port 80 of the predictor's Service must be gRPC"
+    env = {e["name"]: e["value"] for e in transformer_container()["env"]}
+    # Both read one repository: Triton its model.onnx files, niff-serve their niff.json and labels.
+    assert env["STORAGE_URI"] == predictor["storageUri"]
+    assert env["NIFF_MODEL_REPOSITORY"] == "/mnt/models"
+    assert "/niff-serve-onnx:" in transformer_container()["image"] and transformer_container()["image"].endswith("-cpu")
+    assert "nvidia.com/gpu" not in transformer_container()["resources"]["limits"]
+    assert spec["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_niff_serve_takes_the_arguments_kserve_appends_to_a_transformer(monkeypatch, tmp_path):
+    """KServe adds --model_name, --predictor_host <name>-predictor.<namespace> and --http_port 8080 to a custom
+    transformer's arguments: niff-serve must start from them, calling the predictor's Service over gRPC."""
+    from niff_serve.process.cli import load_settings
+
+    service = transformer_service()
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    for variable in transformer_container()["env"]:
+        monkeypatch.setenv(variable["name"], variable["value"])
+    monkeypatch.setenv("NIFF_MODEL_REPOSITORY", str(tmp_path))
+    appended = ["--model_name", name, "--predictor_host", f"{name}-predictor.{namespace}", "--http_port", "8080"]
+    settings = load_settings([*transformer_container().get("args", []), *appended])
+    assert settings.predictor == f"grpc://{name}-predictor.{namespace}:80"
+    assert settings.port == transformer_container()["ports"][0]["containerPort"] == 8080
+    assert settings.grpc_port == 0
+
+
+@pytest.mark.parametrize("version", [MIN_KUBERNETES, LATEST_KUBERNETES])
+def test_transformer_pod_parts_are_valid_strict(version: str):
+    transformer = transformer_service()["spec"]["transformer"]
+    pod_keys = ("containers", "volumes", "securityContext", "serviceAccountName")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kserve-transformer-parts"},
+        "spec": {key: transformer[key] for key in pod_keys},
+    }
+    kubernetes_validate.validate(pod, version, strict=True)
+    context = transformer_container()["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True and context["capabilities"]["drop"] == ["ALL"]

@@ -7,8 +7,9 @@ from typing import Literal
 
 import numpy as np
 
-BackendKind = Literal["onnxruntime", "torchscript"]
-DeviceKind = Literal["cpu", "cuda"]
+BackendKind = Literal["onnxruntime", "torchscript", "remote"]
+# "remote": another server runs the model (a KServe v2 predictor).
+DeviceKind = Literal["cpu", "cuda", "remote"]
 
 
 class Backend(ABC):
@@ -16,6 +17,8 @@ class Backend(ABC):
 
     kind: BackendKind
     device: DeviceKind
+    # The model's platform as Triton names it (onnxruntime_onnx, pytorch_libtorch), for v2 metadata.
+    platform: str
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from niff_contract import TRITON_PLATFORMS
 from niff_serve.core.backends.base import Backend, DeviceKind
 from niff_serve.core.errors import ConfigurationError
 
@@ -80,6 +81,7 @@ def check_graph_tensor(path: Path, verb: str, tensor: ort.NodeArg, per_item: tup
 
 class OnnxRuntimeBackend(Backend):
     kind = "onnxruntime"
+    platform = TRITON_PLATFORMS["onnx"]
 
     def __init__(
         self,

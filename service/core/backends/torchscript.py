@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from niff_contract import TRITON_PLATFORMS
 from niff_serve.core.backends.base import Backend, DeviceKind
 from niff_serve.core.errors import ConfigurationError
 
@@ -21,6 +22,7 @@ def cuda_available() -> bool:
 
 class TorchScriptBackend(Backend):
     kind = "torchscript"
+    platform = TRITON_PLATFORMS["torchscript"]
 
     def __init__(
         self,
