@@ -1,53 +1,43 @@
 """Compact export's speed: a NIFF network with its spectral layers compacted to KxK, against the exact export and
-the same network with plain spatial convolutions (the "twin"), all in ONNX Runtime CPU, in one run.
+the same network with plain spatial convolutions (the "twin"), in ONNX Runtime CPU and, with ``--openvino``,
+side by side in OpenVINO CPU (float32), in one run.
 
 Rounds are interleaved (every candidate once per round, in a rotating order) and the result is the median
-over rounds of each round's ratio to the twin, which a machine shared with other work disturbs far less
-than absolute times. Two exact forms of circular padding are timed for each K: ONNX ``Pad`` mode "wrap"
-(what niff-export writes) and torch's own circular padding (Slices and Concats).
+over rounds of each round's ratio to the ONNX Runtime twin, which a machine shared with other work disturbs
+far less than absolute times. Two exact forms of circular padding are timed for each K: ONNX ``Pad`` mode
+"wrap" (``niff-export --target onnxruntime``) and torch's own circular padding, Slices and Concats
+(``--target portable``, the default, which OpenVINO reads too).
 
     python benchmarks/compact_speed.py --arch resnet50_split --size 224 --batch 8 --kernels 7 --rounds 15
+    python benchmarks/compact_speed.py --arch resnet50_split --size 224 --batch 8 --kernels 7 --openvino
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from export_speed import _cpu_name, onnx_runner
-from torch.nn import functional as F
 from twins import spatial_twin
 
 import niff
-from niff_export import compact as compact_module
 from niff_export import export_model
 from niff_export.compact import CircularConv, CompactRequest
 from niff_export.lowering import default_layer_lowering, lower_layer
+from niff_export.runtimes import runtime_label
 from niff_export.spectral import SpectralConv
 
 
-@contextlib.contextmanager
-def torch_circular_padding() -> Iterator[None]:
-    """Export compact layers with torch's circular padding (Slices + Concats) instead of one wrap Pad."""
-    original = compact_module.wrap_pad
-    compact_module.wrap_pad = lambda x, r: F.pad(x, (r, r, r, r), mode="circular")
-    try:
-        yield
-    finally:
-        compact_module.wrap_pad = original
-
-
-def export_onnx(model: torch.nn.Module, size: int, folder: Path, kernel: int | None) -> Path:
+def export_onnx(model: torch.nn.Module, size: int, folder: Path, kernel: int | None, target: str) -> Path:
     request = None if kernel is None else CompactRequest(kernel=kernel, min_agreement=0.0)
-    result = export_model(model, size, folder, "m", formats=["onnx"], compact=request)
+    result = export_model(model, size, folder, "m", formats=["onnx"], compact=request, target=target)
     if result.compact is not None:
         print(result.compact.table(), file=sys.stderr)
     return result.path / "1" / "model.onnx"
@@ -74,16 +64,26 @@ def single_layers(folder: Path, batch: int, kernel: int) -> dict[str, tuple[Path
         x = torch.randn(batch, channels, n, n)
         spectral = SpectralConv(torch.randn(channels, n, n // 2 + 1, dtype=torch.complex128), torch.randn(channels))
         exact = lower_layer(spectral, default_layer_lowering(spectral, "matmul"))
-        modules = {"spectral": exact, "wrap": CircularConv.from_spectral(spectral, kernel)}
+        modules = {
+            "spectral": exact,
+            "wrap": CircularConv.from_spectral(spectral, kernel),
+            "slices": CircularConv.from_spectral(spectral, kernel, wrap=False),
+        }
         for name, module in modules.items():
             path = folder / f"{name}{channels}_{n}.onnx"
             torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["input"], opset_version=19)
             candidates[f"{channels}x{n}x{n} {name}"] = (path, x)
-        with torch_circular_padding():
-            path = folder / f"slices{channels}_{n}.onnx"
-            torch.onnx.export(modules["wrap"], (x,), str(path), dynamo=False, input_names=["input"], opset_version=19)
-        candidates[f"{channels}x{n}x{n} slices"] = (path, x)
     return candidates
+
+
+def openvino_runner(path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
+    """OpenVINO CPU at float32, the precision niff-export's gate checks (bfloat16 CPUs default to bfloat16)."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request, feed = compiled.create_infer_request(), x.numpy()
+    return lambda: request.infer(feed)
 
 
 def interleaved(
@@ -118,6 +118,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-slices", action="store_true", help="skip the torch circular-padding variant")
     parser.add_argument(
+        "--openvino",
+        action="store_true",
+        help="also run every candidate OpenVINO reads (all but Pad wrap) in OpenVINO CPU, float32",
+    )
+    parser.add_argument(
         "--layers",
         action="store_true",
         help="instead of whole models, time single depthwise layers at ResNet-50's stage shapes (first K of --kernels)",
@@ -143,22 +148,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = {"plain twin (spatial 3x3 convs)": twin_onnx(model, x, folder / "twin.onnx")}
-        paths["exact export (matmul lowering)"] = export_onnx(model, args.size, folder / "exact", None)
+        paths["exact export (matmul lowering)"] = export_onnx(model, args.size, folder / "exact", None, "portable")
         for k in kernels:
-            paths[f"compact K={k}, Pad wrap"] = export_onnx(model, args.size, folder / f"wrap{k}", k)
+            paths[f"compact K={k}, Pad wrap"] = export_onnx(model, args.size, folder / f"wrap{k}", k, "onnxruntime")
             if not args.no_slices:
-                with torch_circular_padding():
-                    paths[f"compact K={k}, Slice+Concat"] = export_onnx(model, args.size, folder / f"slices{k}", k)
-        runners = {name: onnx_runner(path, x, args.threads) for name, path in paths.items()}
+                slices = export_onnx(model, args.size, folder / f"slices{k}", k, "portable")
+                paths[f"compact K={k}, Slice+Concat"] = slices
+        runners = {f"{name}, ORT": onnx_runner(path, x, args.threads) for name, path in paths.items()}
+        if args.openvino:
+            runners |= {
+                f"{name}, OpenVINO": openvino_runner(path, x, args.threads)
+                for name, path in paths.items()
+                if "Pad wrap" not in name  # OpenVINO refuses Pad mode "wrap"
+            }
         started = time.perf_counter()
         times = interleaved(runners, args.rounds, args.repeats, clock)
         elapsed = time.perf_counter() - started
 
-    twin = times["plain twin (spatial 3x3 convs)"]
-    print(f"\n{args.arch} at {args.size}x{args.size}, batch {args.batch}, ONNX Runtime CPU, {args.threads} threads")
+    twin = times["plain twin (spatial 3x3 convs), ORT"]
+    runtimes = "ONNX Runtime CPU" + (" and OpenVINO CPU (float32)" if args.openvino else "")
+    print(f"\n{args.arch} at {args.size}x{args.size}, batch {args.batch}, {runtimes}, {args.threads} threads")
     print(f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(f"runtimes: {', '.join(runtime_label(name) for name in ('onnxruntime', 'openvino')[: 1 + args.openvino])}")
     print(f"{args.rounds} interleaved rounds (best of {args.repeats} runs each), {args.clock} clock, {elapsed:.0f} s\n")
-    print("| candidate | median ms | img/s | vs twin (median of per-round ratios) | range over rounds |")
+    print("| candidate | median ms | img/s | vs ORT twin (median of per-round ratios) | range over rounds |")
     print("|---|---:|---:|---:|---|")
     for name, values in times.items():
         ratios = [t / v for t, v in zip(twin, values, strict=True)]

@@ -92,6 +92,16 @@ class ArtifactRecord(_Record):
     spectral_layers: tuple[SpectralLayer, ...] | None = Field(
         None, description="Every baked spectral layer's lowering; absent from folders of earlier exporters."
     )
+    target: Literal["portable", "onnxruntime", "openvino"] | None = Field(
+        None,
+        description="ONNX only: where the file is meant to run (niff-export --target); 'onnxruntime' files may "
+        "use forms other runtimes refuse. Null for TorchScript and in folders of earlier exporters.",
+    )
+    verified_runtimes: tuple[str, ...] = Field(
+        (),
+        description="The runtimes that ran this file in the parity gate at export, with their versions "
+        "('onnxruntime 1.32.0', 'openvino 2026.4.1', 'torch 2.13.0'); empty in folders of earlier exporters.",
+    )
 
 
 class ParityRow(_Record):
@@ -135,16 +145,32 @@ class CompactLayer(_Record):
 
 
 class Agreement(_Record):
-    """The compact model's agreement with the exact model and with eager PyTorch, and the gate on it."""
+    """The compact model's agreement with the exact model and with eager PyTorch, and the gate on it: top-1
+    agreement on ``gated_inputs`` (``gate`` "agreement"), or the top-1 accuracy drop on labelled calibration
+    images (``gate`` "accuracy", counted in ``CompactRecord.calibration``)."""
 
     min_agreement: float
     passed: bool
     rows: tuple[ParityRow, ...]
+    gate: Literal["agreement", "accuracy"] = "agreement"
+    gated_inputs: tuple[str, ...] | None = Field(
+        None,
+        description="The image inputs whose agreement was gated (none when the accuracy was); null in folders "
+        "of earlier exporters, which gated every image input (photos, calibration).",
+    )
 
 
 class CalibrationRecord(_Record):
+    """The ``--calibration`` folder: a flat folder of images, or labelled (``DIR/<class name>/<image>``), when
+    the exact and compact models' top-1 correct counts and the largest accuracy drop allowed (a share) are
+    kept. The optional fields default to what folders of earlier exporters, which took flat folders only, had."""
+
     folder: str
     images: PositiveInt
+    labelled: bool = False
+    exact_correct: int | None = Field(None, ge=0, description="Labelled images only.")
+    compact_correct: int | None = Field(None, ge=0, description="Labelled images only.")
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="Labelled images only.")
 
 
 class CompactRecord(_Record):

@@ -49,10 +49,11 @@ from niff_export.artifacts import DEFAULT_OPSET, write_onnx, write_torchscript
 from niff_export.bake import bake
 from niff_export.compact import CompactPlan, CompactRequest, compact_model, onnx_opset, plan_compaction
 from niff_export.errors import ExportError
-from niff_export.images import folder_images, sample_photos
+from niff_export.images import CalibrationImages, calibration_images, sample_photos
 from niff_export.labels import resolve_labels
 from niff_export.lowering import LOWERINGS, lower
 from niff_export.parity import (
+    AccuracyDrop,
     AgreementReport,
     ParityReport,
     check_tolerance,
@@ -63,6 +64,7 @@ from niff_export.parity import (
 )
 from niff_export.precision import in_precision
 from niff_export.repository import SharedFields, StagingFolder, check_name, jsonable
+from niff_export.runtimes import gate_runtimes, resolve_target, runner, runtime_label, wrap_padding
 from niff_export.tuning import default_choices, tune_layers, tuning_record
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
@@ -87,13 +89,18 @@ class ExportOptions:
     ``preprocessing`` overrides fields of the model's preprocessing (timm's names: ``interpolation``,
     ``crop_pct``, ``mean``, ``std``). ``max_batch_size`` and ``max_batch_delay_ms`` go into config.pbtxt,
     where niff-serve takes its batching values from. ``compact`` makes a compact export: the artifacts
-    then reproduce the compact model exactly, and its agreement with the exact model is gated. ``tune``
+    then reproduce the compact model exactly, and its approximation is gated (``CompactRequest``: on the
+    accuracy drop on labelled calibration images, else on agreement). ``tune``
     times each spectral layer's candidate lowerings on this machine's runtime and keeps the fastest;
     otherwise a default table applies. Each artifact's ``spectral_layers`` in niff.json records the choice.
     ``report`` writes niff-report's kernel report into the folder's ``report/`` (needs matplotlib, the
     ``report`` extra), where niff-serve's page shows it. ``parity_tolerance`` replaces the gate's relative
     tolerance (1e-4; 1e-2 with ``fp16``) for an ill-conditioned model; niff.json records it with the eager
     model's measured float32-vs-float64 drift.
+
+    ``target`` says where the ONNX file is meant to run (``runtimes.TARGETS``): by default ``portable``, forms
+    every supported runtime reads, checked by the gate in ONNX Runtime and, when installed, in OpenVINO;
+    ``onnxruntime`` takes ONNX Runtime's fastest forms (``--fft dft``'s default: OpenVINO misreads DFT ops).
 
     ``version`` goes into ``<name>/<version>/``; the other versions in the folder are kept, and config.pbtxt
     lists them all. Replacing an existing version needs ``force``. ``keep_versions`` keeps only the latest N
@@ -115,6 +122,7 @@ class ExportOptions:
     tune: bool = False
     report: bool = False
     parity_tolerance: float | None = None
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,9 @@ class _Plan:
     preprocessing: niff.Preprocessing
     lowerings: dict[str, str]
     compact: CompactPlan | None
-    calibration: torch.Tensor | None
+    calibration: CalibrationImages | None
+    target: str
+    runtimes: dict[str, tuple[str, ...]]  # per format, the runtimes the gate runs its artifact in
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,7 @@ def installed_versions() -> dict[str, str]:
         "onnx": "onnx",
         "onnxscript": "onnxscript",
         "onnxruntime": "onnxruntime",
+        "openvino": "openvino",
     }
     found = {}
     for key, dist in names.items():
@@ -277,17 +288,21 @@ def _plan(
             f"--max-batch-delay-ms must be between 0 and {MAX_BATCH_DELAY_MS}, got {options.max_batch_delay_ms}"
         )
     check_tolerance(options.parity_tolerance)
+    lowerings = {fmt: lowering_for(fmt, options.fft) for fmt in formats}
+    target = resolve_target(options.target, lowerings.get("onnx"))
     spec = getattr(model, "niff_spec", None)
     name = check_name(name or (spec.arch if spec and spec.arch else f"{type(model).__name__.lower()}_{size}"))
     num_classes = spec.num_classes if spec else int(model(torch.zeros(1, 3, size, size)).shape[1])
     given = list(options.labels) if options.labels is not None else (spec.labels if spec else None)
     preprocessing = planned_preprocessing(model, size, options.preprocessing)
+    labels = resolve_labels(num_classes, given)
     compact, calibration = None, None
     if options.compact is not None:
         with _stage(progress, timings, f"Measuring kernels at {size}x{size} for compaction"):
             compact = plan_compaction(model, size, options.compact)
             if options.compact.calibration is not None:
-                calibration = folder_images(Path(options.compact.calibration), preprocessing)
+                calibration = calibration_images(Path(options.compact.calibration), preprocessing, labels)
+                options.compact.check_calibration(labelled=calibration.labels is not None)
     return _Plan(
         model=model,
         size=size,
@@ -295,11 +310,13 @@ def _plan(
         options=options,
         formats=formats,
         num_classes=num_classes,
-        labels=resolve_labels(num_classes, given),
+        labels=labels,
         preprocessing=preprocessing,
-        lowerings={fmt: lowering_for(fmt, options.fft) for fmt in formats},
+        lowerings=lowerings,
         compact=compact,
         calibration=calibration,
+        target=target,
+        runtimes={fmt: gate_runtimes(fmt, target) for fmt in formats},
     )
 
 
@@ -331,7 +348,7 @@ def _build(plan: _Plan, staging: StagingFolder, progress: Progress | None, timin
     size, fp16 = plan.size, plan.options.fp16
     with _stage(progress, timings, f"Baking filters at {size}x{size}"):
         baked = bake(plan.model, size)
-        deployed = baked if plan.compact is None else compact_model(baked, plan.compact)
+        deployed = baked if plan.compact is None else compact_model(baked, plan.compact, wrap_padding(plan.target))
     artifacts: dict[str, dict[str, Any]] = {}
     for fmt in plan.formats:
         lowering, tuning = plan.lowerings[fmt], None
@@ -347,7 +364,7 @@ def _build(plan: _Plan, staging: StagingFolder, progress: Progress | None, timin
             module = in_precision(lower(copy.deepcopy(deployed), family, per_layer), fp16)
             relative = f"{staging.version_dir}/{MODEL_FILES[fmt]}"
             if fmt == "onnx":
-                opset = onnx_opset(plan.compact, plan.options.opset, DEFAULT_OPSET[lowering])
+                opset = onnx_opset(plan.compact, plan.options.opset, DEFAULT_OPSET[lowering], wrap_padding(plan.target))
                 info = write_onnx(module, torch.randn(2, 3, size, size), staging.path / relative, lowering, opset)
             else:
                 info = write_torchscript(module, staging.path / relative)
@@ -358,6 +375,8 @@ def _build(plan: _Plan, staging: StagingFolder, progress: Progress | None, timin
                 **info,
                 "tuning": tuning,
                 "spectral_layers": tuple(choices),
+                "target": plan.target if fmt == "onnx" else None,
+                "verified_runtimes": tuple(runtime_label(name) for name in plan.runtimes[fmt]),
             }
     return _Built(baked, deployed, artifacts)
 
@@ -366,21 +385,21 @@ def _verify(plan: _Plan, built: _Built, folder: Path) -> tuple[ParityReport, Agr
     """Artifacts against the model they implement; with a compact plan, also the compact model's agreement.
 
     The exact baked model is always held to eager; the artifacts of a compact export are held to the
-    compact model (rows marked "vs compact"), whose approximation is gated by agreement instead.
+    compact model (rows marked "vs compact"), whose approximation is gated instead on the user's calibration
+    images (accuracy drop when labelled, else agreement) or, without them, on agreement on the photos.
     Raises (nothing is written) when either gate fails.
     """
     precision = "fp16" if plan.options.fp16 else "fp32"
     suffix = "" if plan.compact is None else " vs compact"
     runners = {
-        f"{fmt} ({precision}){suffix}": (_onnx_runner if fmt == "onnx" else _torchscript_runner)(
-            folder / MODEL_FILES[fmt]
-        )
+        _candidate(fmt, precision, runtime, suffix): runner(runtime, folder / MODEL_FILES[fmt])
         for fmt in plan.formats
+        for runtime in plan.runtimes[fmt]
     }
     inputs = parity_inputs(plan.size, sample_photos(plan.preprocessing))
     if plan.calibration is not None:
-        inputs["calibration"] = plan.calibration
-    rows, agreement_rows, references = [], [], {}
+        inputs["calibration"] = plan.calibration.images
+    rows, agreement_rows, references, accuracy = [], [], {}, None
     for name, batch in inputs.items():
         with torch.no_grad():
             reference = references[name] = _chunked(plan.model, batch)
@@ -390,6 +409,9 @@ def _verify(plan: _Plan, built: _Built, folder: Path) -> tuple[ParityReport, Agr
         if plan.compact is not None:
             agreement_rows += [compare("compact vs eager", name, reference, target)]
             agreement_rows += [compare("compact vs exact", name, exact, target)]
+            if name == "calibration" and plan.calibration.labels is not None:
+                drop = plan.compact.request.max_accuracy_drop
+                accuracy = AccuracyDrop.measure(plan.calibration.labels, exact, target, drop)
         rows += [compare(candidate, name, target, _chunked(run, batch)) for candidate, run in runners.items()]
     drift = lambda: float64_drift(plan.model, inputs, references, GATE_CHUNK)  # noqa: E731
     report = parity_report(tuple(rows), plan.options.fp16, plan.options.parity_tolerance, drift)
@@ -397,12 +419,9 @@ def _verify(plan: _Plan, built: _Built, folder: Path) -> tuple[ParityReport, Agr
         raise ExportError(f"parity check failed; nothing was written.\n{report.table()}")
     if plan.compact is None:
         return report, None
-    agreement = AgreementReport(tuple(agreement_rows), plan.compact.request.min_agreement)
+    agreement = AgreementReport(tuple(agreement_rows), plan.compact.request.min_agreement, accuracy)
     if not agreement.passed:
-        raise ExportError(
-            "the compact model's top-1 agreement is below --compact-min-agreement; nothing was written.\n"
-            f"{plan.compact.table()}\n\n{agreement.table()}"
-        )
+        raise ExportError(plan.compact.gate_failure(agreement))
     return report, agreement
 
 
@@ -410,21 +429,10 @@ def _chunked(run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -
     return torch.cat([run(chunk) for chunk in batch.split(GATE_CHUNK)])
 
 
-def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda batch: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
-
-
-def _torchscript_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    module = torch.jit.load(str(path), map_location="cpu")
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return module(batch)
-
-    return run
+def _candidate(fmt: str, precision: str, runtime: str, suffix: str) -> str:
+    """A parity row's candidate: "onnx (fp32)" for each format's own runtime, "onnx (fp32) openvino" for another."""
+    other = "" if runtime in ("onnxruntime", "torch") else f" {runtime}"
+    return f"{fmt} ({precision}){other}{suffix}"
 
 
 def _write(

@@ -30,6 +30,7 @@ from niff_export.errors import ExportError
 from niff_export.labels import read_labels
 from niff_export.lowering import LOWERINGS
 from niff_export.parity import check_tolerance, default_tolerance
+from niff_export.runtimes import OPENVINO_INSTALL, TARGETS
 
 DESCRIPTION = """\
 Export a NIFF checkpoint (trained with the paper's code or ours) for deployment.
@@ -45,9 +46,12 @@ For an ill-conditioned model, --parity-tolerance accepts a looser gate, recorded
 
 Compact export (--compact, --compact-error, --compact-kernel) is an opt-in approximation: spectral layers
 whose kernels are small become circular-padded KxK convolutions (faster; niff-report shows the kernels).
-The artifacts must then reproduce the compact model exactly, and the compact model's top-1 agreement with
-the exact model and eager PyTorch on images (the photos, and --calibration's) must reach
---compact-min-agreement. niff.json records every layer's kernel, the mass it keeps and the agreement.
+The artifacts must then reproduce the compact model exactly, and your images decide whether the
+approximation is good enough: with --calibration DIR/<class name>/<image> (labelled), the compact model's
+top-1 accuracy may fall at most --compact-max-accuracy-drop (default 0) below the exact model's; with a
+flat --calibration folder, its top-1 agreement with the exact model must reach --compact-min-agreement
+(default 1). Without --calibration, its agreement on two generic photos decides, which says little about
+a model for other images. niff.json records every layer's kernel, the mass it keeps and the gate.
 """
 
 EPILOG = """\
@@ -57,7 +61,9 @@ examples:
   niff-export ckpt.pt --size 32 --format onnx --fft dft --name cifar_resnet
   niff-export ckpt2.pt --size 224 --model-version 2   # beside version 1, which stays (docs: Rollout)
   niff-export resnet50_split.pth --size 224 --tune    # time each spectral layer's lowerings here
-  niff-export ckpt.pt --size 224 --compact-kernel 7 --calibration val_images/ --compact-min-agreement 0.99
+  niff-export ckpt.pt --size 224 --compact 0.8 --calibration val/   # val/<class name>/<image>: no accuracy lost
+  niff-export ckpt.pt --size 224 --compact-kernel 7 --calibration val/ --compact-max-accuracy-drop 0.005
+  niff-export ckpt.pt --size 224 --compact-kernel 7 --calibration unlabelled/ --compact-min-agreement 0.99
 """
 
 
@@ -170,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write niff-report's kernel report (report.json, figures, report.md) into the model folder's "
         "report/, listed in niff.json; niff-serve's page shows it (needs the report extra: matplotlib)",
     )
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        help="where the ONNX file will run. portable: forms every supported runtime reads (ONNX Runtime, "
+        "OpenVINO), checked in each one installed; onnxruntime: ONNX Runtime's fastest forms (a compact "
+        "export's circular padding as one Pad mode 'wrap', which OpenVINO refuses), checked there alone; "
+        "openvino: portable, and fail unless OpenVINO is installed to check the file. Default: portable "
+        "(onnxruntime with --fft dft, whose DFT ops OpenVINO misreads). Only compact exports' files differ; "
+        "niff.json records the target and the runtimes (with versions) that ran the file",
+    )
     parser.add_argument("--fp16", action="store_true", help="compute in float16 (inputs and outputs stay float32)")
     parser.add_argument(
         "--parity-tolerance",
@@ -263,14 +279,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration",
         type=Path,
         metavar="DIR",
-        help="folder of your images: the compact model's agreement is measured and gated on them too",
+        help="your images from the model's domain, which then decide the gate (the built-in photos are only "
+        "reported): as DIR/<class name>/<image> (class names = the model's labels) the gate is the top-1 "
+        "accuracy drop (--compact-max-accuracy-drop); a flat folder of images gates on agreement "
+        "(--compact-min-agreement)",
     )
     compact.add_argument(
         "--compact-min-agreement",
         type=float,
         metavar="A",
-        help="least top-1 agreement (0..1) of the compact model with the exact one on images (default: 1.0; "
-        "0 accepts anything)",
+        help="least top-1 agreement (0..1) of the compact model with the exact one on a flat --calibration "
+        "folder, or without --calibration on the built-in photos (default: 1.0; 0 accepts anything)",
+    )
+    compact.add_argument(
+        "--compact-max-accuracy-drop",
+        type=float,
+        metavar="D",
+        help="with labelled --calibration images: the largest share by which the compact model's top-1 accuracy "
+        "may fall below the exact model's (default: 0, nothing lost; 0.005 = half a point)",
     )
     parser.add_argument(
         "--trust-pickle",
@@ -378,6 +404,9 @@ def _summary(result: ExportResult, elapsed: float) -> str:
         counts = Counter(layer.lowering for layer in record.spectral_layers or ())
         layers = f" ({', '.join(f'{count} {name}' for name, count in sorted(counts.items()))})" if counts else ""
         lines.append(f"  {result.path / record.path}  {fmt}, {record.lowering} lowering{layers}, {size_mb:.1f} MB")
+        lines.append(f"    checked in {' and '.join(record.verified_runtimes)}")
+        if record.target == "portable" and not any(r.startswith("openvino ") for r in record.verified_runtimes):
+            lines.append(f"    not checked in OpenVINO, which is not installed ({OPENVINO_INSTALL})")
     lines += ["", result.parity.table()]
     if result.compact is not None and result.agreement is not None:
         lines += ["", result.compact.table(), "", result.agreement.table()]
@@ -394,11 +423,24 @@ def _summary(result: ExportResult, elapsed: float) -> str:
 
 def _compact_request(args: argparse.Namespace) -> CompactRequest | None:
     """The compact options as a request (validated there), or None for the exact export."""
-    given = (args.compact, args.compact_error, args.compact_kernel, args.calibration, args.compact_min_agreement)
+    given = (
+        args.compact,
+        args.compact_error,
+        args.compact_kernel,
+        args.calibration,
+        args.compact_min_agreement,
+        args.compact_max_accuracy_drop,
+    )
     if all(value is None for value in given):
         return None
-    min_agreement = 1.0 if args.compact_min_agreement is None else args.compact_min_agreement
-    return CompactRequest(args.compact, args.compact_error, args.compact_kernel, min_agreement, args.calibration)
+    return CompactRequest(
+        args.compact,
+        args.compact_error,
+        args.compact_kernel,
+        1.0 if args.compact_min_agreement is None else args.compact_min_agreement,
+        args.calibration,
+        args.compact_max_accuracy_drop or 0.0,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -428,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tune=args.tune,
             report=args.report,
             parity_tolerance=args.parity_tolerance,
+            target=args.target,
         )
         if args.parity_tolerance is not None:
             print(_tolerance_warning(args.parity_tolerance, args.fp16), file=sys.stderr, flush=True)

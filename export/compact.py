@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from niff_contract import CalibrationRecord, CompactLayer, CompactRecord
 from niff_export.errors import ExportError
+from niff_export.images import SAMPLE_PHOTOS
 from niff_export.kernels import FilterLayer, KernelStats, find_filter_layers, measure_layers, spatial_kernels
 from niff_export.parity import AgreementReport
 from niff_export.spectral import SpectralConv, SpectralMix
@@ -41,7 +42,8 @@ class _WrapPad(torch.autograd.Function):
     """Circular padding that the TorchScript-based ONNX exporter writes as one ``Pad(mode="wrap")`` node.
 
     torch's own circular padding exports as four Slices and two Concats, which ONNX Runtime runs slower
-    (benchmarks/compact_speed.py measures both).
+    (benchmarks/compact_speed.py measures both) but which, unlike mode "wrap", OpenVINO reads: the
+    export's target picks the form (``CircularConv.wrap``).
     """
 
     @staticmethod
@@ -54,22 +56,28 @@ class _WrapPad(torch.autograd.Function):
         return g.op("Pad", x, pads, mode_s="wrap")
 
 
+@torch.jit.unused
 def wrap_pad(x: Tensor, radius: int) -> Tensor:
     return _WrapPad.apply(x, radius)
 
 
 class CircularConv(nn.Module):
-    """A K×K convolution with circular padding: depthwise (``groups`` = channels) or full (``groups`` = 1)."""
+    """A K×K convolution with circular padding: depthwise (``groups`` = channels) or full (``groups`` = 1).
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, groups: int) -> None:
+    ``wrap`` says how ONNX receives the padding: one ``Pad(mode="wrap")`` (ONNX Runtime's fastest form), or
+    torch's Slices and Concats, which every runtime reads. Eager and TorchScript compute the same either way.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, groups: int, wrap: bool = True) -> None:
         super().__init__()
         self.groups = groups
+        self.wrap = wrap
         self.radius = weight.shape[-1] // 2
         self.register_buffer("weight", weight.float().contiguous())
         self.register_buffer("bias", None if bias is None else bias.float().flatten())
 
     @classmethod
-    def from_spectral(cls, layer: SpectralConv | SpectralMix, kernel: int) -> CircularConv:
+    def from_spectral(cls, layer: SpectralConv | SpectralMix, kernel: int, wrap: bool = True) -> CircularConv:
         """The layer's kernels cut to their centred ``kernel``×``kernel`` window (bias and folded BatchNorm kept).
 
         Convolution layers correlate, so the tap at window position (a, b) is the kernel at offset
@@ -79,11 +87,11 @@ class CircularConv(nn.Module):
         taps = (kernel // 2 - torch.arange(kernel)) % layer.size
         window = kernels[..., taps[:, None], taps[None, :]]
         if isinstance(layer, SpectralConv):
-            return cls(window.unsqueeze(1), layer.bias, groups=window.shape[0])
-        return cls(window.transpose(0, 1), layer.bias, groups=1)
+            return cls(window.unsqueeze(1), layer.bias, groups=window.shape[0], wrap=wrap)
+        return cls(window.transpose(0, 1), layer.bias, groups=1, wrap=wrap)
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():
+        if torch.jit.is_scripting() or not self.wrap:
             padded = F.pad(x, [self.radius, self.radius, self.radius, self.radius], mode="circular")
         else:
             padded = wrap_pad(x, self.radius)
@@ -98,9 +106,11 @@ class CircularConv(nn.Module):
 class CompactRequest:
     """What to compact: by L1 mass kept (``mass``), by spectral error (``error``), or to a fixed ``kernel``.
 
-    ``kernel`` together with ``mass`` or ``error`` caps the kernel they pick. The export fails when the
-    compact model's top-1 agreement with the exact and eager models on images (the gate's photos and
-    the ``calibration`` folder's) is below ``min_agreement``.
+    ``kernel`` together with ``mass`` or ``error`` caps the kernel they pick. The user's images, when given,
+    decide the gate: in a ``calibration`` folder laid out as ``DIR/<class name>/<image>``, the compact
+    model's top-1 accuracy may fall at most ``max_accuracy_drop`` (a share) below the exact model's; in a
+    flat folder, its top-1 agreement with the exact and eager models must reach ``min_agreement``. Without
+    them, its agreement on the gate's two generic photos must.
     """
 
     mass: float | None = None
@@ -108,6 +118,7 @@ class CompactRequest:
     kernel: int | None = None
     min_agreement: float = 1.0
     calibration: Path | None = None
+    max_accuracy_drop: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mass is None and self.error is None and self.kernel is None:
@@ -122,6 +133,31 @@ class CompactRequest:
             raise ExportError(f"--compact-kernel must be an odd positive side (a centred window); got {self.kernel}")
         if not 0 <= self.min_agreement <= 1:
             raise ExportError(f"--compact-min-agreement is a share in [0, 1]; got {self.min_agreement:g}")
+        if not 0 <= self.max_accuracy_drop <= 1:
+            raise ExportError(
+                "--compact-max-accuracy-drop is a share in [0, 1] (0.005 = half a point); got "
+                f"{self.max_accuracy_drop:g}"
+            )
+        if self.max_accuracy_drop and self.calibration is None:
+            raise ExportError(
+                "--compact-max-accuracy-drop gates the top-1 accuracy on labelled images: give them with "
+                "--calibration DIR (DIR/<class name>/<image>)"
+            )
+
+    def check_calibration(self, labelled: bool) -> None:
+        """Each gate option applies to one kind of calibration folder: refuse one that would be ignored."""
+        if labelled and self.min_agreement != 1.0:
+            raise ExportError(
+                f"--calibration {self.calibration} holds labelled images, so the gate is the top-1 accuracy drop "
+                "(--compact-max-accuracy-drop), not --compact-min-agreement, which gates agreement on unlabelled "
+                "images: leave it out"
+            )
+        if not labelled and self.max_accuracy_drop:
+            raise ExportError(
+                f"--compact-max-accuracy-drop needs labelled images, but --calibration {self.calibration} is a flat "
+                "folder of images: arrange them as DIR/<class name>/<image> (class names = the model's labels), or "
+                "gate on agreement with --compact-min-agreement instead"
+            )
 
     @property
     def mode(self) -> str:
@@ -132,6 +168,9 @@ class CompactRequest:
         parts = [f"--compact {self.mass:g}"] if self.mass is not None else []
         parts += [f"--compact-error {self.error:g}"] if self.error is not None else []
         parts += [f"--compact-kernel {self.kernel}"] if self.kernel is not None else []
+        parts += [f"--calibration {self.calibration}"] if self.calibration is not None else []
+        parts += [f"--compact-min-agreement {self.min_agreement:g}"] if self.min_agreement != 1.0 else []
+        parts += [f"--compact-max-accuracy-drop {self.max_accuracy_drop:g}"] if self.max_accuracy_drop else []
         return " ".join(parts)
 
 
@@ -205,8 +244,19 @@ class CompactPlan:
         return "\n".join(lines)
 
     def record(self, agreement: AgreementReport, calibration_images: int | None = None) -> CompactRecord:
-        """The ``compact`` block of niff.json: the request, every layer's fate, and the measured agreement."""
-        calibration = self.request.calibration
+        """The ``compact`` block of niff.json: the request, every layer's fate, the measured agreement and, on
+        labelled calibration images, both models' correct counts."""
+        folder, accuracy = self.request.calibration, agreement.accuracy
+        counts = (
+            {}
+            if accuracy is None
+            else {
+                "labelled": True,
+                "exact_correct": accuracy.exact_correct,
+                "compact_correct": accuracy.compact_correct,
+                "max_accuracy_drop": accuracy.max_drop,
+            }
+        )
         return CompactRecord(
             mode=self.request.mode,
             mass=self.request.mass,
@@ -215,9 +265,46 @@ class CompactPlan:
             layers=self.layers,
             agreement=agreement.record(),
             calibration=None
-            if calibration is None
-            else CalibrationRecord(folder=calibration.name, images=calibration_images),
+            if folder is None
+            else CalibrationRecord(folder=Path(folder).name, images=calibration_images, **counts),
         )
+
+    def gate_failure(self, agreement: AgreementReport) -> str:
+        """Why a compact export failed its gate, the plan and the measurements, and how to proceed."""
+        compact_less = "compact less (a larger --compact MASS or --compact-kernel K, a smaller --compact-error E)"
+        accuracy, folder = agreement.accuracy, self.request.calibration
+        if accuracy is not None:
+            allow = math.ceil(round(accuracy.drop * 1000, 6)) / 1000
+            head = (
+                f"the compact model's top-1 accuracy on the labelled calibration images drops "
+                f"{100 * accuracy.drop:.2f} points, more than --compact-max-accuracy-drop {accuracy.max_drop:g} allows"
+            )
+            advice = (
+                f"To proceed: {compact_less}, or accept the drop with --compact-max-accuracy-drop {allow:g} (a share: "
+                f"{100 * allow:g} points; Python: CompactRequest(max_accuracy_drop={allow:g}))."
+            )
+        elif agreement.gated == ("calibration",):
+            head = (
+                f"the compact model's top-1 agreement on the calibration images ({folder}) is below "
+                f"--compact-min-agreement {agreement.min_agreement:g}"
+            )
+            advice = (
+                f"To proceed: {compact_less}, accept less agreement with --compact-min-agreement, or label the "
+                "images (DIR/<class name>/<image>) to gate on the accuracy drop instead: a changed class need not "
+                "be a wrong one."
+            )
+        else:
+            head = (
+                "the compact model's top-1 agreement on the gate's photos is below --compact-min-agreement "
+                f"{agreement.min_agreement:g}"
+            )
+            advice = (
+                f"The photos are {SAMPLE_PHOTOS}, which say little about a model for other images. Pass "
+                "--calibration DIR with images from the model's domain and they decide the gate instead: labelled "
+                "(DIR/<class name>/<image>, class names = the model's labels) to gate on the top-1 accuracy drop "
+                "(--compact-max-accuracy-drop, default 0), or a flat folder of images to gate on agreement."
+            )
+        return f"{head}; nothing was written.\n{self.table()}\n\n{agreement.table()}\n\n{advice}"
 
 
 def plan_compaction(
@@ -241,20 +328,21 @@ def plan_compaction(
     return CompactPlan(request, size, choices)
 
 
-def compact_model(baked: fx.GraphModule, plan: CompactPlan) -> fx.GraphModule:
-    """A copy of the baked model with the plan's layers as circular K×K convolutions."""
+def compact_model(baked: fx.GraphModule, plan: CompactPlan, wrap: bool = True) -> fx.GraphModule:
+    """A copy of the baked model with the plan's layers as circular K×K convolutions (``wrap``: their
+    padding in ONNX, see ``CircularConv``)."""
     model = copy.deepcopy(baked)
     for choice in plan.compacted:
         layer = model.get_submodule(choice.layer)
         if not isinstance(layer, (SpectralConv, SpectralMix)):
             raise ExportError(f"{choice.layer}: expected a baked spectral layer there, found {type(layer).__name__}")
-        model.set_submodule(choice.layer, CircularConv.from_spectral(layer, choice.kernel))
+        model.set_submodule(choice.layer, CircularConv.from_spectral(layer, choice.kernel, wrap))
     return model
 
 
-def onnx_opset(plan: CompactPlan | None, opset: int | None, default: int) -> int | None:
-    """The ONNX opset a compact export needs (``Pad`` mode "wrap"); ``opset`` unchanged without compact layers."""
-    if plan is None or not plan.compacted:
+def onnx_opset(plan: CompactPlan | None, opset: int | None, default: int, wrap: bool = True) -> int | None:
+    """The ONNX opset a compact export padding with ``Pad`` mode "wrap" needs; ``opset`` unchanged otherwise."""
+    if plan is None or not plan.compacted or not wrap:
         return opset
     if opset is not None and opset < WRAP_PAD_OPSET:
         raise ExportError(f"compact layers use ONNX Pad mode 'wrap', which needs --opset >= {WRAP_PAD_OPSET}")

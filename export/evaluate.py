@@ -23,17 +23,12 @@ from niff_contract import ImageError, ModelFolder, Preprocessor, read_model_fold
 from niff_export.api import export_model, load_model
 from niff_export.compact import CompactRequest
 from niff_export.errors import ExportError
+from niff_export.images import Sample, image_folder
 
 # A candidate model: a normalized batch [N, 3, S, S] in, logits [N, classes] out.
 Predict = Callable[[np.ndarray], np.ndarray]
 # Called after each batch with (images done, images in all).
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: int
 
 
 @dataclass(frozen=True)
@@ -85,32 +80,6 @@ class Evaluation:
         return "\n".join(lines) + "\n"
 
 
-def image_folder(root: Path, labels: Sequence[str]) -> list[Sample]:
-    """Every image of an ImageFolder tree, labelled by its folder's name; the names must be the model's labels."""
-    if not root.is_dir():
-        raise ExportError(f"--images {root}: not a folder (expected DIR/<class name>/<image>)")
-    classes = sorted(path for path in root.iterdir() if path.is_dir() and not path.name.startswith("."))
-    if not classes:
-        raise ExportError(f"--images {root}: no class folders (expected DIR/<class name>/<image>)")
-    index = {label: position for position, label in enumerate(labels)}
-    unknown = [path.name for path in classes if path.name not in index]
-    if unknown:
-        shown = ", ".join(repr(name) for name in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise ExportError(
-            f"--images {root}: the class folders {shown} are not labels of the model; its labels are "
-            f"{', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''}"
-        )
-    samples = [
-        Sample(path, index[folder.name])
-        for folder in classes
-        for path in sorted(folder.iterdir())
-        if path.is_file() and not path.name.startswith(".")
-    ]
-    if not samples:
-        raise ExportError(f"--images {root}: the class folders hold no files")
-    return samples
-
-
 def evaluate(
     name: str,
     candidates: Mapping[str, Predict],
@@ -121,7 +90,7 @@ def evaluate(
 ) -> Evaluation:
     """Top-1 and top-5 of each candidate on the images, preprocessed as ``folder`` prescribes."""
     labels = list(folder.labels)
-    samples = image_folder(images_dir, labels)
+    samples = image_folder(images_dir, labels, "--images")
     preprocessor = Preprocessor(folder.manifest.preprocessing)
     top1 = dict.fromkeys(candidates, 0)
     top5 = dict.fromkeys(candidates, 0)

@@ -168,6 +168,10 @@ class SeparableLowering(_Lowered):
         else:
             filters = _gauss_filter(spectrum.transpose(1, 2), 2).reshape(spectrum.shape[0], 3 * n * m)
         self.register_buffer("filters", filters.float())
+        if self.bias is not None:
+            # Stored along w as well ([1, O, 1, n]): OpenVINO's CPU plugin takes a [1, O, 1, 1] addition after
+            # the last product for a per-column post-op of that product and fails to compile the model.
+            self.bias = self.bias.expand(*self.bias.shape[:3], n).contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
         n, m, c, o = self.size, self.size // 2 + 1, self.channels, self.out_channels

@@ -232,44 +232,112 @@ def parity_inputs(size: int, photos: Tensor, seed: int = 0) -> dict[str, Tensor]
     return {"random": torch.randn(3, 3, size, size, generator=generator), "photos": photos}
 
 
-# Inputs that are real images: the compact gate holds agreement on these to its minimum.
+# Inputs that are real images: the compact gate holds agreement on one of them to its minimum.
 IMAGE_INPUTS = ("photos", "calibration")
+
+
+def correct_share(correct: int, images: int) -> str:
+    """A count of correct images and its share, as in "446/450 = 99.11 %"."""
+    return f"{correct}/{images} = {100 * correct / images:.2f} %"
+
+
+@dataclass(frozen=True)
+class AccuracyDrop:
+    """Top-1 accuracy of the exact and the compact model on labelled calibration images, and the drop allowed
+    (``max_drop``, a share of the images): what decides a compact export when the user's images are labelled."""
+
+    images: int
+    exact_correct: int
+    compact_correct: int
+    max_drop: float
+
+    @classmethod
+    def measure(cls, labels: Tensor, exact: Tensor, compact: Tensor, max_drop: float) -> AccuracyDrop:
+        """From the two models' logits on the images labelled ``labels``."""
+        correct = lambda logits: int((logits.argmax(1) == labels).sum())  # noqa: E731
+        return cls(len(labels), correct(exact), correct(compact), max_drop)
+
+    @property
+    def drop(self) -> float:
+        """The share of the images the compact model loses against the exact one (negative when it gains)."""
+        return (self.exact_correct - self.compact_correct) / self.images
+
+    @property
+    def passed(self) -> bool:
+        # Compared in images, so that a drop equal to the allowance passes whatever the share's rounding.
+        return self.exact_correct - self.compact_correct <= self.max_drop * self.images + 1e-9
+
+    def text(self) -> str:
+        return (
+            f"exact {correct_share(self.exact_correct, self.images)}, compact "
+            f"{correct_share(self.compact_correct, self.images)}, drop {100 * self.drop:.2f} points"
+        )
 
 
 @dataclass(frozen=True)
 class AgreementReport:
     """How closely an approximate (compact) model follows the exact baked model and eager PyTorch.
 
-    Errors are reported, not bounded: the approximation is deliberate. The gate is top-1 agreement on
-    real images (``IMAGE_INPUTS``), which must reach ``min_agreement``.
+    Errors are reported, not bounded: the approximation is deliberate. The user's images decide the gate
+    when given: the top-1 accuracy drop (``accuracy``) on labelled ones, top-1 agreement (at least
+    ``min_agreement``) on unlabelled ones. Only without them does agreement on the gate's two generic
+    photos decide. Every other row is reported, not gated.
     """
 
     rows: tuple[ParityRow, ...]
     min_agreement: float
+    accuracy: AccuracyDrop | None = None
+
+    @property
+    def gated(self) -> tuple[str, ...]:
+        """The image inputs whose agreement is gated: none when the accuracy is."""
+        if self.accuracy is not None:
+            return ()
+        return ("calibration",) if any(row.inputs == "calibration" for row in self.rows) else ("photos",)
 
     @property
     def failures(self) -> list[ParityRow]:
-        return [r for r in self.rows if r.inputs in IMAGE_INPUTS and r.top1_agreement < self.min_agreement]
+        return [r for r in self.rows if r.inputs in self.gated and r.top1_agreement < self.min_agreement]
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        return not self.failures and (self.accuracy is None or self.accuracy.passed)
 
     def table(self) -> str:
         header = f"{'candidate':<22}{'inputs':<12}{'max abs':>11}{'rel err':>11}{'top-1':>9}  verdict"
-        lines = ["Compact model vs the exact model and eager PyTorch (an approximation: gated on agreement)"]
+        kind = "agreement" if self.accuracy is None else "accuracy"
+        lines = [f"Compact model vs the exact model and eager PyTorch (an approximation: gated on {kind})"]
         lines += [header, "-" * len(header)]
         failing = set(map(id, self.failures))
         for row in self.rows:
-            verdict = "FAIL" if id(row) in failing else "ok" if row.inputs in IMAGE_INPUTS else "-"
+            verdict = "FAIL" if id(row) in failing else "ok" if row.inputs in self.gated else "-"
             lines.append(
                 f"{row.candidate:<22}{row.inputs:<12}{row.max_abs:>11.2e}{row.rel_err:>11.2e}"
                 f"{row.top1_agreement:>9.2%}  {verdict}"
             )
-        images = [name for name in IMAGE_INPUTS if any(row.inputs == name for row in self.rows)]
-        lines.append(f"gate: top-1 agreement >= {self.min_agreement:.2%} on images ({', '.join(images)})")
+        if self.accuracy is not None:
+            verdict = "ok" if self.accuracy.passed else "FAIL"
+            lines.append(f"top-1 accuracy on calibration: {self.accuracy.text()}  {verdict}")
+        lines.append(f"gate: {self.gate_text()}")
         return "\n".join(lines)
+
+    def gate_text(self) -> str:
+        """What decided, and that the photos did not when the user's images did."""
+        if self.accuracy is not None:
+            drop = self.accuracy.max_drop
+            return (
+                f"top-1 accuracy drop <= {100 * drop:.2f} points on the labelled calibration images "
+                f"(--compact-max-accuracy-drop {drop:g}); agreement (photos included) is reported, not gated"
+            )
+        text = f"top-1 agreement >= {self.min_agreement:.2%} on images ({', '.join(self.gated)})"
+        return text if self.gated == ("photos",) else f"{text}; the photos are reported, not gated"
 
     def record(self) -> Agreement:
         """What niff.json keeps of this report."""
-        return Agreement(min_agreement=self.min_agreement, passed=self.passed, rows=self.rows)
+        return Agreement(
+            min_agreement=self.min_agreement,
+            passed=self.passed,
+            rows=self.rows,
+            gate="agreement" if self.accuracy is None else "accuracy",
+            gated_inputs=self.gated,
+        )

@@ -34,6 +34,7 @@ from niff_export.compact import (
 from niff_export.errors import ExportError
 from niff_export.kernels import find_filter_layers, measure
 from niff_export.report import analyse_model
+from niff_export.runtimes import openvino_installed
 
 CHECKPOINT = str(digits.DEFAULT_CHECKPOINT)
 
@@ -117,6 +118,9 @@ def test_choice_rules():
         ({"kernel": 4}, "must be an odd positive side"),
         ({"kernel": 0}, "must be an odd positive side"),
         ({"kernel": 5, "min_agreement": 1.2}, "a share in [0, 1]"),
+        ({"kernel": 5, "max_accuracy_drop": -0.1}, "--compact-max-accuracy-drop is a share in [0, 1]"),
+        ({"kernel": 5, "max_accuracy_drop": float("nan")}, "--compact-max-accuracy-drop is a share in [0, 1]"),
+        ({"kernel": 5, "max_accuracy_drop": 0.01}, "give them with --calibration DIR"),
     ],
 )
 def test_request_validation(request_args, message):
@@ -177,16 +181,19 @@ def test_compact_export_records_what_it_approximated(compact_digits):
         assert choice["spectral_error"] == pytest.approx(stats.spectral_error[4])
     agreement = record["agreement"]
     assert agreement["passed"] and agreement["min_agreement"] == 1.0
+    assert agreement["gate"] == "agreement" and agreement["gated_inputs"] == ["photos"]
     assert {(r["candidate"], r["inputs"]) for r in agreement["rows"]} == {
         (c, i) for c in ("compact vs eager", "compact vs exact") for i in ("random", "photos")
     }
     assert all(0 < r["rel_err"] < 1 for r in agreement["rows"])  # an approximation, and measured as one
+    openvino = {"onnx (fp32) openvino vs compact"} if openvino_installed() else set()
     assert meta["parity"]["passed"] and {r["candidate"] for r in meta["parity"]["rows"]} == {
         "baked (torch)",
         "onnx (fp32) vs compact",
         "torchscript (fp32) vs compact",
+        *openvino,
     }
-    assert meta["artifacts"]["onnx"]["opset"] == 19
+    assert meta["artifacts"]["onnx"]["opset"] == 18  # the portable padding needs no Pad mode "wrap" (opset 19)
     # The layers that stayed spectral (maps 8 and 4) are lowered like an exact export's, and recorded.
     spectral = [c["layer"] for c in record["layers"] if c["kernel"] is None]
     for fmt, lowering in (("onnx", "kronecker"), ("torchscript", "fft")):
@@ -195,12 +202,12 @@ def test_compact_export_records_what_it_approximated(compact_digits):
         assert {layer["lowering"] for layer in layers} == {lowering}
 
 
-def test_compact_onnx_pads_with_one_wrap_node_per_layer(compact_digits):
+def test_compact_onnx_pads_portably_by_default(compact_digits):
+    """Four Slices and two Concats per compacted layer (torch's circular padding), which OpenVINO reads; the
+    one wrap Pad of --target onnxruntime is tested in test_openvino.py."""
     graph = onnx.load(str(compact_digits[1] / "1" / "model.onnx")).graph
-    pads = [node for node in graph.node if node.op_type == "Pad"]
-    assert len(pads) == 3
-    assert all(attr.s == b"wrap" for node in pads for attr in node.attribute if attr.name == "mode")
-    assert not [node for node in graph.node if node.op_type == "Slice"]  # torch's own circular padding slices
+    assert not [node for node in graph.node if node.op_type == "Pad"]
+    assert len([node for node in graph.node if node.op_type == "Slice"]) == 4 * 3
 
 
 def test_compact_summary_says_which_layers_stay_spectral(tmp_path, capsys):
@@ -245,8 +252,11 @@ def test_gate_fails_below_the_minimum_agreement(tmp_path, held_out_folder, capsy
     args = [CHECKPOINT, "--size", "32", "--out", str(out), "--format", "onnx", "--compact-kernel", "5"]
     assert main([*args, "--calibration", str(held_out_folder)]) == 1
     err = capsys.readouterr().err
-    assert "the compact model's top-1 agreement is below --compact-min-agreement; nothing was written" in err
-    assert "calibration" in err and "FAIL" in err
+    assert (
+        f"the compact model's top-1 agreement on the calibration images ({held_out_folder}) is below "
+        "--compact-min-agreement 1; nothing was written" in err
+    )
+    assert "FAIL" in err and "accept less agreement with --compact-min-agreement" in err
     assert not any(out.iterdir())
     assert main([*args, "--calibration", str(held_out_folder), "--compact-min-agreement", "0.5"]) == 0
     meta = json.loads((out / "digits_resnet" / "niff.json").read_text())
@@ -256,7 +266,15 @@ def test_gate_fails_below_the_minimum_agreement(tmp_path, held_out_folder, capsy
         if r["inputs"] == "calibration" and r["candidate"] == "compact vs exact"
     ]
     assert 0.5 <= row["top1_agreement"] < 1.0
-    assert meta["compact"]["calibration"] == {"folder": held_out_folder.name, "images": 60}
+    assert meta["compact"]["calibration"] == {
+        "folder": held_out_folder.name,
+        "images": 60,
+        "labelled": False,
+        "exact_correct": None,
+        "compact_correct": None,
+        "max_accuracy_drop": None,
+    }
+    assert meta["compact"]["agreement"]["gated_inputs"] == ["calibration"]
 
 
 def _plain_checkpoint(path):
@@ -277,8 +295,10 @@ def _plain_checkpoint(path):
         (["--compact-kernel", "33"], "--size 32 is too small for --compact-kernel 33"),
         (["--compact-kernel", "9", "--size", "8"], "--size 8 is too small for --compact-kernel 9"),
         (["--compact-kernel", "5", "--compact-min-agreement", "2"], "--compact-min-agreement is a share in [0, 1]"),
+        (["--compact-kernel", "5", "--compact-max-accuracy-drop", "0.01"], "give them with --calibration DIR"),
+        (["--compact-max-accuracy-drop", "0.01"], "compact export needs --compact MASS"),
         (["--calibration", "."], "compact export needs --compact MASS, --compact-error E or --compact-kernel K"),
-        (["--compact-kernel", "5", "--opset", "18"], "needs --opset >= 19"),
+        (["--compact-kernel", "5", "--opset", "18", "--target", "onnxruntime"], "needs --opset >= 19"),
     ],
 )
 def test_user_mistakes(extra, message, tmp_path, capsys):
@@ -360,6 +380,7 @@ def test_help_explains_the_compact_options(capsys):
         "--compact-kernel K",
         "--calibration DIR",
         "--compact-min-agreement A",
+        "--compact-max-accuracy-drop D",
         "Compact export",
     ):
         assert option in text
@@ -376,7 +397,7 @@ def test_full_filter_banks_become_full_circular_convolutions(tmp_path):
     assert result.parity.passed
     assert [(c.kind, c.kernel) for c in result.compact.layers][:3] == [("full", 5)] * 3
     graph = onnx.load(str(result.path / "1" / "model.onnx")).graph
-    pads = {node.output[0] for node in graph.node if node.op_type == "Pad"}
+    pads = {node.output[0] for node in graph.node if node.op_type == "Concat"}  # the padding's last node
     full_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[0] in pads]
     assert len(full_convs) == len(result.compact.compacted)
     assert all(a.i == 1 for n in full_convs for a in n.attribute if a.name == "group")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -102,7 +103,10 @@ def test_a_wrong_export_is_called_wrong_and_the_option_is_not_offered(tiny, tmp_
     with pytest.raises(ExportError) as failure:
         export_model(tiny, SIZE, tmp_path, name="wrong", formats=["onnx"])
     message = str(failure.value)
-    assert "diagnosis: the export is wrong: onnx (fp32) differs from eager float32 by 1.0e-02" in message
+    # Either runtime's row may be named: ONNX Runtime's, or OpenVINO's when installed (both are 1 % off).
+    assert re.search(
+        r"diagnosis: the export is wrong: onnx \(fp32\)( openvino)? differs from eager float32 by 1.0e-02", message
+    )
     assert "far above what rounding explains" in message and "ill-conditioned model;" in message
     assert "--parity-tolerance" not in message
 
