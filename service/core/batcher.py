@@ -96,8 +96,11 @@ class DynamicBatcher:
         max_delay_s: float,
         max_queue_size: int,
         metrics: ModelMetrics,
+        records_batches: bool = True,
     ) -> None:
         self._run_backend = run
+        # False when another process runs the batches (a remote backend) and records them itself.
+        self._records_batches = records_batches
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self._max_queue_size = max_queue_size
@@ -231,12 +234,13 @@ class DynamicBatcher:
             return
         splitting = time.monotonic()
         elapsed = splitting - started
-        self._metrics.batch_size.observe(len(inputs))
-        self._metrics.inference_seconds.observe(elapsed)
         offsets = np.cumsum([0] + [p.rows for p in batch])
         shares = [logits[start:end] for start, end in itertools.pairwise(offsets)]
         input_s, output_s = started - assembling, time.monotonic() - splitting
-        self._metrics.statistics.record_execution(len(inputs), input_s, elapsed, output_s)
+        if self._records_batches:
+            self._metrics.batch_size.observe(len(inputs))
+            self._metrics.inference_seconds.observe(elapsed)
+            self._metrics.statistics.record_execution(len(inputs), input_s, elapsed, output_s)
         for pending, share in zip(batch, shares, strict=True):
             if not pending.future.done():
                 queue_s = assembling - pending.enqueued_at

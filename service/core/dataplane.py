@@ -55,10 +55,19 @@ class Answered(Generic[D]):
 
 
 class DataPlane:
-    def __init__(self, models: Mapping[str, ModelRuntime], settings: Settings, body_budget: BodyBudget) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, ModelRuntime],
+        settings: Settings,
+        body_budget: BodyBudget,
+        records_requests: bool = True,
+    ) -> None:
         self._models = models
         self._settings = settings
         self._budget = body_budget
+        # False in a split topology's inference process: its calls are the front ends' batches, and the front
+        # ends record the clients' requests.
+        self._records_requests = records_requests
 
     def authorize(self, token: str | None) -> None:
         """The API key check of every model endpoint (a no-op on a server without a key)."""
@@ -100,14 +109,16 @@ class DataPlane:
                 assert request.tensor is not None
                 batch, preprocess_s = await runtime.infer_tensor(request.tensor, deadline), 0.0
         except BaseException:  # cancelled (the client left) counts as failed too
-            statistics.record_failure(deadline.elapsed())
+            if self._records_requests:
+                statistics.record_failure(deadline.elapsed())
             raise
-        statistics.record_success(
-            deadline.elapsed(),
-            len(batch.logits),
-            batch.queue_s,
-            preprocess_s + batch.input_s,
-            batch.inference_s,
-            batch.output_s,
-        )
+        if self._records_requests:
+            statistics.record_success(
+                deadline.elapsed(),
+                len(batch.logits),
+                batch.queue_s,
+                preprocess_s + batch.input_s,
+                batch.inference_s,
+                batch.output_s,
+            )
         return InferenceResult(request.model, runtime.folder.version, request.id, batch.logits, batch, preprocess_s)

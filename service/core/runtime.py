@@ -94,6 +94,7 @@ class ModelRuntime:
             max_delay_s=max_delay_s,
             max_queue_size=settings.max_queue_size,
             metrics=metrics,
+            records_batches=backend.kind != "remote",
         )
         self.ready = False
 

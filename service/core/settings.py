@@ -22,6 +22,7 @@ ENV_PREFIX = "NIFF_"
 Backend = Literal["auto", "onnxruntime", "torchscript"]
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+Topology = Literal["auto", "split", "replicated"]
 
 
 class Settings(BaseSettings):
@@ -33,10 +34,10 @@ class Settings(BaseSettings):
     backend: Backend = Field("auto", description="Runtime: auto picks ONNX Runtime unless only TorchScript fits.")
     predictor: str | None = Field(
         None,
-        pattern=r"^grpc://[^/\s]+:[0-9]{1,5}$",
+        pattern=r"^(grpc://[^/\s]+:[0-9]{1,5}|unix:/\S+)$",
         description="grpc://HOST:PORT of a KServe v2 predictor (another niff-serve, or Triton serving the same "
         "folders' model.onnx) that runs the models: this server then only decodes, preprocesses and answers "
-        "(a transformer), and loads no runtime.",
+        "(a transformer), and loads no runtime. unix:PATH is the split topology's own inference process.",
     )
     device: Device = Field("auto", description="auto uses a GPU when the chosen runtime can reach one.")
     max_batch_size: int | None = Field(
@@ -123,7 +124,14 @@ class Settings(BaseSettings):
         None,
         ge=1,
         le=64,
-        description="Server processes sharing the port (default: one per CPU up to 4; one when a model uses a GPU).",
+        description="Server processes sharing the port (default: one per available CPU, up to 4; replicated on a "
+        "GPU: one; split: up to 8).",
+    )
+    topology: Topology = Field(
+        "auto",
+        description="split: the workers are front ends (HTTP, gRPC, decoding) feeding one inference process that "
+        "holds the models and forms every batch; replicated: each worker is a whole server with its own models "
+        "and batches. auto: split when a model runs on a GPU, else replicated.",
     )
     startup_timeout_s: float = Field(
         900.0,
@@ -161,6 +169,8 @@ class Settings(BaseSettings):
             )
         if self.grpc_port == self.port:
             raise ValueError(f"grpc_port and port must differ (both are {self.port})")
+        if self.topology == "split" and self.predictor is not None and not self.predictor.startswith("unix:"):
+            raise ValueError("topology split runs the models here; a remote predictor runs them elsewhere: choose one")
         if self.max_body_memory_bytes < self.max_upload_bytes:
             raise ValueError(
                 f"max_body_memory_bytes ({self.max_body_memory_bytes}) must be at least "

@@ -34,13 +34,16 @@ class Supervision(Protocol):
 class ServiceState:
     """The app's runtime state: models, worker pool, readiness. Lives on ``app.state.service``."""
 
-    def __init__(self, settings: Settings, loader: BackendLoader = load_backend) -> None:
+    def __init__(self, settings: Settings, loader: BackendLoader = load_backend, internal: bool = False) -> None:
+        """``internal``: the split topology's inference process, whose clients are the front ends (they check the
+        API key and record the requests; it records the batches)."""
         self.settings = settings
         self._loader = loader
         self.metrics = Metrics()
         self.body_budget = BodyBudget(settings.max_body_memory_bytes)
         self.models: dict[str, ModelRuntime] = {}
-        self.dataplane = DataPlane(self.models, settings, self.body_budget)
+        self.dataplane = DataPlane(self.models, settings, self.body_budget, records_requests=not internal)
+        self.internal = internal
         self.loaded = False
         self.draining = False
         self.startup_error: str | None = None
@@ -100,7 +103,7 @@ class ServiceState:
 
     def _warn_about_settings(self) -> None:
         settings = self.settings
-        if settings.api_key is None:
+        if settings.api_key is None and not self.internal:
             logger.warning("NIFF_API_KEY is not set: model endpoints are open to anyone who can reach the port")
         for runtime in self.models.values():
             if runtime.batcher.max_delay_s >= settings.request_timeout_s:

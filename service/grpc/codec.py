@@ -10,7 +10,8 @@ Triton does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from niff_serve.core.protocol_v2 import (
     unknown_input,
     unpack_bytes,
 )
+from niff_serve.grpc.shared_memory import SharedMemoryRegions
 
 # Where each input's values go in ``InferTensorContents`` when they are not sent raw.
 _CONTENTS_FIELD = {TENSOR_INPUT: "fp32_contents", IMAGE_INPUT: "bytes_contents"}
@@ -124,20 +126,38 @@ def _varint(message: bytes, position: int, end: int) -> tuple[int, int]:
     raise BadRequest("the request is not a valid ModelInferRequest message")
 
 
+@dataclass(frozen=True)
+class GrpcRequest(DecodedRequest):
+    """A decoded gRPC request, and the outputs that go to shared memory: name -> (region, offset, byte size)."""
+
+    output_regions: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+
+
 def decode_infer_request(
-    message: bytes, model: str, shape: TensorShape, claim: Callable[[int], None]
-) -> DecodedRequest:
+    message: bytes,
+    model: str,
+    shape: TensorShape,
+    claim: Callable[[int], None],
+    regions: SharedMemoryRegions | None = None,
+) -> GrpcRequest:
     """Validate a serialized gRPC infer request against the model; every problem is a BadRequest saying what
     is wrong.
 
     The message's elements are counted before it is parsed (:func:`parse_infer_request`), and the tensor
-    data's size is claimed through ``claim`` (the request's memory budget) before it is decoded.
+    data's size is claimed through ``claim`` (the request's memory budget) before it is decoded. With
+    ``regions`` (the split topology's inference process) a tensor input and the outputs may live in
+    registered shared memory.
     """
     request = parse_infer_request(message, shape)
     item = only_input(request.inputs)
     if item.name not in _CONTENTS_FIELD:
         raise unknown_input(item.name, shape)
-    raw = _raw_contents(request, item)
+    shared = _region_of(item.parameters, f"input {item.name!r}", regions)
+    if shared is not None and (request.raw_input_contents or item.HasField("contents")):
+        raise BadRequest(f"input {item.name!r} names a shared memory region and also carries data")
+    if shared is not None and item.name != TENSOR_INPUT:
+        raise BadRequest(f"only input {TENSOR_INPUT!r} can be read from shared memory")
+    raw = _raw_contents(request, item) if shared is None else _shared_bytes(shared, regions, item.name)
     dims = list(item.shape)
     if item.name == TENSOR_INPUT:
         values = _typed_contents(item) if raw is None else None
@@ -159,7 +179,35 @@ def decode_infer_request(
     timeout = request.parameters.get("timeout")
     timeout_s = None if timeout is None else timeout_parameter(_parameter_value(timeout))
     inference = InferenceRequest(model, tensor, images, id=request.id or None, timeout_s=timeout_s)
-    return DecodedRequest(inference, _requested_outputs(request))
+    output_regions = {
+        output.name: region
+        for output in request.outputs
+        if (region := _region_of(output.parameters, f"output {output.name!r}", regions)) is not None
+    }
+    return GrpcRequest(inference, _requested_outputs(request), output_regions)
+
+
+def _region_of(
+    parameters: Mapping[str, service_pb2.InferParameter], what: str, regions: SharedMemoryRegions | None
+) -> tuple[str, int, int] | None:
+    """The (region, offset, byte size) a tensor's parameters name, if any."""
+    if "shared_memory_region" not in parameters:
+        return None
+    if regions is None:
+        raise BadRequest(f"{what}: this endpoint does not take shared memory; send the data in the message")
+    name = _parameter_value(parameters["shared_memory_region"])
+    size = _parameter_value(parameters.get("shared_memory_byte_size", service_pb2.InferParameter()))
+    offset = _parameter_value(parameters.get("shared_memory_offset", service_pb2.InferParameter(int64_param=0)))
+    if not isinstance(name, str) or not isinstance(size, int) or not isinstance(offset, int):
+        raise BadRequest(f"{what}: shared_memory_region (string), shared_memory_byte_size and _offset (int64)")
+    return name, offset, size
+
+
+def _shared_bytes(shared: tuple[str, int, int], regions: SharedMemoryRegions | None, name: str) -> memoryview:
+    assert regions is not None
+    region, offset, size = shared
+    [found] = regions.regions(region)
+    return found.view(offset, size, f"input {name!r}")
 
 
 def _raw_contents(
@@ -199,12 +247,24 @@ def _requested_outputs(request: service_pb2.ModelInferRequest) -> dict[str, bool
     return {output.name: True for output in request.outputs}
 
 
-def encode_infer_response(result: InferenceResult, outputs: dict[str, bool]) -> service_pb2.ModelInferResponse:
+def encode_infer_response(
+    result: InferenceResult, decoded: GrpcRequest, regions: SharedMemoryRegions | None = None
+) -> service_pb2.ModelInferResponse:
+    """Every requested output raw in the message, or written to the shared memory region it names."""
     response = service_pb2.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id)
-    for name in outputs:
+    for name in decoded.outputs:
         array = output_tensor(result, name)
-        response.outputs.add(name=name, datatype="FP32", shape=array.shape)
-        response.raw_output_contents.append(array.tobytes())
+        output = response.outputs.add(name=name, datatype="FP32", shape=array.shape)
+        shared = decoded.output_regions.get(name)
+        if shared is None:
+            response.raw_output_contents.append(array.tobytes())
+            continue
+        assert regions is not None
+        region, offset, size = shared
+        regions.write(region, offset, size, array, f"output {name!r}")
+        output.parameters["shared_memory_region"].string_param = region
+        output.parameters["shared_memory_offset"].int64_param = offset
+        output.parameters["shared_memory_byte_size"].int64_param = array.nbytes
     return response
 
 

@@ -9,7 +9,12 @@ transformer that calls it.
 from __future__ import annotations
 
 import logging
+import math
+import mmap
+import os
+import secrets
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,23 +25,75 @@ from niff_serve.core.backends import Backend
 from niff_serve.core.errors import ConfigurationError, DeadlineExceeded, InferenceFailed, ServiceUnavailable
 from niff_serve.core.runtime import BackendLoader
 from niff_serve.core.settings import Settings
+from niff_serve.grpc.shared_memory import SHM_DIR
 
 logger = logging.getLogger(__name__)
 # How often start-up asks a predictor that is not ready yet (it may start after this server).
 _READY_POLL_S = 1.0
 
 
+class SharedTensors:
+    """One model's batch in shared memory with the predictor: the inputs, then the logits after them.
+
+    The batcher runs one batch of a model at a time, so one region per model suffices. The file under
+    /dev/shm is removed as soon as the predictor has mapped it: the memory lives as long as either process
+    holds it, and nothing is left behind if both die.
+    """
+
+    def __init__(self, folder: ModelFolder, max_batch_size: int) -> None:
+        self.key = f"niff-{os.getpid()}-{folder.name}-{secrets.token_hex(4)}"
+        self.input_bytes = max_batch_size * 4 * math.prod(folder.manifest.input.shape)
+        self.size = self.input_bytes + max_batch_size * 4 * folder.num_classes
+        fd = os.open(os.path.join(SHM_DIR, self.key), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, self.size)
+            self._memory = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+
+    def register(self, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+        try:
+            request = service_pb2.SystemSharedMemoryRegisterRequest(name=self.key, key=self.key, byte_size=self.size)
+            stub.SystemSharedMemoryRegister(request, timeout=10)
+        finally:
+            os.unlink(os.path.join(SHM_DIR, self.key))
+
+    def request(self, request: service_pb2.ModelInferRequest, batch: np.ndarray, classes: int) -> None:
+        """Put ``batch`` in the region and point the request's input and output at it."""
+        np.frombuffer(self._memory, dtype="<f4", count=batch.size)[:] = batch.ravel()
+        _point(request.inputs[0].parameters, self.key, 0, batch.nbytes)
+        _point(request.outputs[0].parameters, self.key, self.input_bytes, len(batch) * classes * 4)
+
+    def logits(self, rows: int, classes: int) -> np.ndarray:
+        return (
+            np.frombuffer(self._memory, dtype="<f4", count=rows * classes, offset=self.input_bytes)
+            .reshape(rows, classes)
+            .copy()
+        )
+
+
+def _point(parameters: Any, region: str, offset: int, byte_size: int) -> None:
+    parameters["shared_memory_region"].string_param = region
+    parameters["shared_memory_offset"].int64_param = offset
+    parameters["shared_memory_byte_size"].int64_param = byte_size
+
+
 class RemoteBackend(Backend):
-    """One model of a remote predictor: ``run`` sends a batch as raw FP32 bytes and reads the logits back."""
+    """One model of a remote predictor: ``run`` sends a batch as raw FP32 bytes (or, with ``shared``, in shared
+    memory, the message carrying only where) and reads the logits back."""
 
     kind = "remote"
     device = "remote"
 
-    def __init__(self, channel: grpc.Channel, folder: ModelFolder, timeout_s: float) -> None:
+    def __init__(
+        self, channel: grpc.Channel, folder: ModelFolder, timeout_s: float, shared: SharedTensors | None = None
+    ) -> None:
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         self._name, self._version = folder.name, folder.version
         self._input, self._output = folder.manifest.input.name, folder.manifest.output.name
+        self._classes = folder.num_classes
         self._timeout_s = timeout_s
+        self._shared = shared
         self.platform = ""
 
     def wait_ready(self, address: str, timeout_s: float) -> None:
@@ -62,16 +119,23 @@ class RemoteBackend(Backend):
             time.sleep(_READY_POLL_S)
         metadata = self._stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=self._name, version=self._version))
         self.platform = metadata.platform
+        if self._shared is not None:
+            self._shared.register(self._stub)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         request = service_pb2.ModelInferRequest(model_name=self._name, model_version=self._version)
         request.inputs.add(name=self._input, datatype="FP32", shape=batch.shape)
         request.outputs.add(name=self._output)
-        request.raw_input_contents.append(np.ascontiguousarray(batch, dtype="<f4").tobytes())
+        if self._shared is None:
+            request.raw_input_contents.append(np.ascontiguousarray(batch, dtype="<f4").tobytes())
+        else:
+            self._shared.request(request, batch, self._classes)
         try:
             response = self._stub.ModelInfer(request, timeout=self._timeout_s)
         except grpc.RpcError as error:
             raise _service_error(error) from None
+        if self._shared is not None:
+            return self._shared.logits(len(batch), self._classes)
         shape = tuple(response.outputs[0].shape)
         return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(shape)
 
@@ -87,14 +151,17 @@ def _service_error(error: grpc.RpcError) -> InferenceFailed | ServiceUnavailable
 
 def remote_loader(settings: Settings) -> BackendLoader:
     """Backends that call ``settings.predictor`` over one shared channel, each waiting at start-up (up to
-    ``startup_timeout_s``) for the predictor to serve its model."""
+    ``startup_timeout_s``) for the predictor to serve its model. A ``unix:`` predictor is the split topology's
+    inference process, on this host: the tensors go through shared memory."""
     assert settings.predictor is not None
+    local = settings.predictor.startswith("unix:")
     address = settings.predictor.removeprefix("grpc://")
     # This server's own batches, whatever their size (gRPC's default limit is 4 MiB).
     channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1)])
 
     def load(folder: ModelFolder, _: Settings, max_batch_size: int) -> Backend:
-        backend = RemoteBackend(channel, folder, settings.request_timeout_s)
+        shared = SharedTensors(folder, max_batch_size) if local else None
+        backend = RemoteBackend(channel, folder, settings.request_timeout_s, shared)
         backend.wait_ready(address, settings.startup_timeout_s)
         return backend
 

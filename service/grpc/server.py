@@ -34,11 +34,18 @@ from niff_serve.core.deadline import Deadline
 from niff_serve.core.errors import BadRequest, ConfigurationError, ServiceError, ServiceUnavailable, Unsupported
 from niff_serve.core.logs import request_id_var, valid_request_id
 from niff_serve.core.ports import check_port, listen_address
-from niff_serve.core.protocol_v2 import EXTENSIONS, DecodedRequest
+from niff_serve.core.protocol_v2 import EXTENSIONS
 from niff_serve.core.runtime import ModelRuntime
 from niff_serve.core.settings import Settings
 from niff_serve.core.state import ServiceState
-from niff_serve.grpc.codec import decode_infer_request, encode_infer_response, metadata_message, model_of
+from niff_serve.grpc.codec import (
+    GrpcRequest,
+    decode_infer_request,
+    encode_infer_response,
+    metadata_message,
+    model_of,
+)
+from niff_serve.grpc.shared_memory import SharedMemoryRegions
 from niff_serve.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -113,8 +120,12 @@ class InferenceServicer:
     sends is never parsed, and a message that does not parse is INVALID_ARGUMENT, not a logged traceback.
     """
 
-    def __init__(self, state: ServiceState) -> None:
+    def __init__(self, state: ServiceState, regions: SharedMemoryRegions | None = None) -> None:
         self._state = state
+        # The split topology's inference process takes tensors in shared memory; the public endpoint does not.
+        self._regions = regions
+        # Its calls are the front ends' batches, whose requests the front ends log.
+        self._access_level = logging.INFO if regions is None else logging.DEBUG
 
     async def serve(
         self,
@@ -161,7 +172,8 @@ class InferenceServicer:
             elapsed = time.perf_counter() - started
             metrics.grpc_requests.labels(method=name, code=code.name).inc()
             metrics.grpc_request_seconds.labels(method=name).observe(elapsed)
-            access_logger.info(
+            access_logger.log(
+                self._access_level,
                 "gRPC %s %s",
                 name,
                 code.name,
@@ -206,11 +218,40 @@ class InferenceServicer:
             share.claim(len(request))  # the message, held since it arrived
             return request
 
-        async def decode(body: bytes, runtime: ModelRuntime, share: BodyShare) -> DecodedRequest:
-            return await state.offload(decode_infer_request, body, runtime.name, runtime.tensor_shape, share.claim)
+        async def decode(body: bytes, runtime: ModelRuntime, share: BodyShare) -> GrpcRequest:
+            shape, regions = runtime.tensor_shape, self._regions
+            return await state.offload(decode_infer_request, body, runtime.name, shape, share.claim, regions)
 
         answered = await state.dataplane.call(call, read, decode)
-        return encode_infer_response(answered.result, answered.decoded.outputs)
+        return encode_infer_response(answered.result, answered.decoded, self._regions)
+
+    @_rpc()
+    async def SystemSharedMemoryRegister(self, request, context):
+        self._shared_memory().register(request.name, request.key, request.offset, request.byte_size)
+        return service_pb2.SystemSharedMemoryRegisterResponse()
+
+    @_rpc()
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self._shared_memory().unregister(request.name)
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc()
+    async def SystemSharedMemoryStatus(self, request, context):
+        response = service_pb2.SystemSharedMemoryStatusResponse()
+        for region in self._shared_memory().regions(request.name):
+            status = response.regions[region.name]
+            status.name, status.key, status.offset, status.byte_size = (
+                region.name,
+                region.key,
+                region.offset,
+                region.byte_size,
+            )
+        return response
+
+    def _shared_memory(self) -> SharedMemoryRegions:
+        if self._regions is None:
+            raise Unsupported("this endpoint does not take shared memory (only the split topology's inference process)")
+        return self._regions
 
     @_rpc()
     async def ModelConfig(self, request, context):
@@ -273,21 +314,26 @@ class GrpcEndpoint:
     """The gRPC server of one app: :meth:`start` once the models are loaded, :meth:`stop` with HTTP.
 
     ``shared_port``: this process is one of several workers on the port (checked by their supervisor).
+    ``internal``: instead, the Unix socket of a split topology's inference process, which its front ends
+    alone reach, with tensors in shared memory.
     """
 
-    def __init__(self, state: ServiceState, shared_port: bool = False) -> None:
+    def __init__(self, state: ServiceState, shared_port: bool = False, internal: str | None = None) -> None:
         self._state = state
         self._shared_port = shared_port
+        self._internal = internal
+        self._regions = None if internal is None else SharedMemoryRegions()
         self._server: grpc.aio.Server | None = None
         self._stopped: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        """Listen on ``grpc_port`` (nothing when it is 0); a port that cannot be bound stops start-up."""
+        """Listen on ``grpc_port`` (nothing when it is 0) or the internal socket; an address that cannot be
+        bound stops start-up."""
         settings = self._state.settings
-        if settings.grpc_port == 0:
+        if self._internal is None and settings.grpc_port == 0:
             return
-        address = grpc_address(settings)
-        if not self._shared_port:
+        address = self._internal or grpc_address(settings)
+        if self._internal is None and not self._shared_port:
             check_grpc_port(settings)
         server = grpc.aio.server(
             options=[
@@ -296,7 +342,7 @@ class GrpcEndpoint:
                 ("grpc.so_reuseport", int(self._shared_port)),
             ]
         )
-        server.add_generic_rpc_handlers((handlers(InferenceServicer(self._state)),))
+        server.add_generic_rpc_handlers((handlers(InferenceServicer(self._state, self._regions)),))
         try:
             bound = server.add_insecure_port(address)
         except RuntimeError as exc:

@@ -26,7 +26,7 @@ from niff_serve.core.settings import ENV_PREFIX, Settings, env_name, unknown_env
 from niff_serve.grpc.server import check_grpc_port
 from niff_serve.process.exit import PROG, fail
 from niff_serve.process.serving import serve
-from niff_serve.process.workers import supervise, worker_count
+from niff_serve.process.workers import split_topology, supervise, worker_count
 from niff_serve.version import __version__
 
 
@@ -129,13 +129,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ContractError as exc:
         fail(str(exc))
     configure_logging(settings.log_level)
-    workers = worker_count(settings, "cuda" if "cuda" in devices else "cpu")
+    device = "cuda" if "cuda" in devices else "cpu"
+    split = split_topology(settings, device)
+    workers = worker_count(settings, device, split)
     try:
         check_ports(settings)
-        if workers == 1:
+        if workers == 1 and not split:
             serve(settings)
             return
-        status = supervise(settings, workers)
+        status = supervise(settings, workers, split)
     except ConfigurationError as exc:  # a port taken since its check
         fail(f"start-up failed: {exc}", status=1)
     if status:

@@ -10,9 +10,6 @@ the supervisor forwards it as SIGTERM, the one signal a worker drains on.
 
 from __future__ import annotations
 
-import ctypes
-import json
-import os
 import signal
 import socket
 import sys
@@ -20,26 +17,9 @@ import sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # before the imports below, which take a while
 
 from niff_serve.core.logs import configure_logging  # noqa: E402
-from niff_serve.core.settings import Settings  # noqa: E402
+from niff_serve.process.child import follow_supervisor, read_settings  # noqa: E402
 from niff_serve.process.liveness import WorkerLiveness  # noqa: E402
 from niff_serve.process.serving import serve  # noqa: E402
-
-_PR_SET_PDEATHSIG = 1
-
-
-def follow_supervisor(supervisor_pid: int) -> None:
-    """Drain and stop when the supervisor dies: killed outright (SIGKILL, OOM), it forwards no signal,
-    and a worker left behind would keep serving the port on its own."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != supervisor_pid:  # it died before the line above took effect
-        raise SystemExit(1)
-
-
-def read_settings(fd: int) -> Settings:
-    """The settings the supervisor wrote for this worker (:func:`niff_serve.process.workers.settings_message`)."""
-    with os.fdopen(fd, "rb") as pipe:
-        return Settings(**json.loads(pipe.read()))
 
 
 def main() -> None:

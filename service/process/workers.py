@@ -46,14 +46,25 @@ def available_cpus() -> int:
     return max(1, count)
 
 
-def worker_count(settings: Settings, device: str) -> int:
-    """``settings.workers``, or by default one process per available CPU (up to 4) on CPU, one on a GPU.
+def split_topology(settings: Settings, device: str) -> bool:
+    """Whether front ends feed an inference process: asked for, or by default when a model runs on a GPU
+    (where one process per device keeps the batches whole); never in front of a remote predictor."""
+    if settings.predictor is not None:
+        return False
+    return settings.topology == "split" or (settings.topology == "auto" and device == "cuda")
 
-    On a GPU every process would hold its own CUDA context and copy of the model and form smaller
+
+def worker_count(settings: Settings, device: str, split: bool = False) -> int:
+    """``settings.workers``, or by default: split, one front end per available CPU (up to 8); replicated, one
+    process per available CPU (up to 4) on CPU and one on a GPU.
+
+    Replicated on a GPU, every process would hold its own CUDA context and copy of the model and form smaller
     batches, so one process feeds it unless told otherwise.
     """
     if settings.workers is not None:
         return settings.workers
+    if split:
+        return min(8, available_cpus())
     return 1 if device == "cuda" else min(4, available_cpus())
 
 
@@ -88,49 +99,90 @@ _TICK_S = 0.25
 
 
 class _Supervisor:
-    """The workers of one server and what the supervisor knows of them."""
+    """The children of one server (front-end workers and, in the split topology, the inference process) and
+    what the supervisor knows of them."""
 
     def __init__(self, settings: Settings, workers: int, listener: socket.socket, metrics_dir: str) -> None:
         self.settings = settings
-        self.message = settings_message(worker_settings(settings, workers))
+        self.workers = workers
+        self.front_end_settings = worker_settings(settings, workers)
         self.env = worker_environment(metrics_dir)
         self.listener = listener
         self.metrics_dir = metrics_dir
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.lives: dict[int, ChildLiveness] = {}
+        self.front_ends: list[int] = []
+        self.inference: int | None = None
         self.exited: set[int] = set()
         self.given_up: set[int] = set()
         self.stopping = False
+        self._inference_stopped = False
         self.status = 0
         self._last_pulse = 0.0
 
     def spawn(self, count: int) -> None:
+        """``count`` more front ends, serving the listening socket."""
+        message = settings_message(self.front_end_settings)
         for _ in range(count):
-            beat_read, beat_write = os.pipe()
-            pulse_read, pulse_write = os.pipe()
-            settings_read, settings_write = os.pipe()
-            with os.fdopen(settings_write, "wb") as pipe:  # far below a pipe's buffer: never blocks
-                pipe.write(self.message)
-            fds = [self.listener.fileno(), beat_write, pulse_read, settings_read]
-            command = [sys.executable, "-m", "niff_serve.process.worker", str(os.getpid()), *map(str, fds)]
-            child = subprocess.Popen(command, env=self.env, pass_fds=fds)
-            for fd in (beat_write, pulse_read, settings_read):
-                os.close(fd)
-            self.children[child.pid] = child
-            self.lives[child.pid] = ChildLiveness(child.pid, beat_read, pulse_write)
-            self.lives[child.pid].last_beat += FIRST_BEAT_GRACE_S
+            self.front_ends.append(self._start("niff_serve.process.worker", message, [self.listener.fileno()], []))
 
-    def stop_all(self, sig: int = signal.SIGTERM) -> None:
+    def spawn_inference(self, socket_path: str) -> None:
+        """The inference process (split topology); the front ends spawned after it call it on ``socket_path``."""
+        # The socket's folder (0700) is the access control: the front ends check the API key.
+        message = settings_message(self.settings.model_copy(update={"workers": 1, "api_key": None}))
+        self.inference = self._start("niff_serve.process.inference", message, [], [socket_path])
+        # The front ends hand every request on at once: the inference process forms the batches, with the delay.
+        update = {"predictor": f"unix:{socket_path}", "max_batch_delay_ms": 0}
+        self.front_end_settings = self.front_end_settings.model_copy(update=update)
+
+    def _start(self, module: str, message: bytes, inherited: list[int], arguments: list[str]) -> int:
+        """``python -m module SUPERVISOR_PID *arguments *inherited BEAT PULSE SETTINGS``; its pid."""
+        beat_read, beat_write = os.pipe()
+        pulse_read, pulse_write = os.pipe()
+        settings_read, settings_write = os.pipe()
+        with os.fdopen(settings_write, "wb") as pipe:  # far below a pipe's buffer: never blocks
+            pipe.write(message)
+        fds = [*inherited, beat_write, pulse_read, settings_read]
+        command = [sys.executable, "-m", module, str(os.getpid()), *arguments, *map(str, fds)]
+        child = subprocess.Popen(command, env=self.env, pass_fds=fds)
+        for fd in (beat_write, pulse_read, settings_read):
+            os.close(fd)
+        self.children[child.pid] = child
+        self.lives[child.pid] = ChildLiveness(child.pid, beat_read, pulse_write)
+        self.lives[child.pid].last_beat += FIRST_BEAT_GRACE_S
+        return child.pid
+
+    def stop_all(self) -> None:
+        """SIGTERM to every front end; the inference process gets its own once they have all stopped (they
+        drain through it)."""
         self.stopping = True
-        for pid, child in self.children.items():
-            if pid not in self.exited and child.poll() is None:
-                child.send_signal(sig)
+        for pid in self.front_ends:
+            self._signal(pid)
+        self._stop_inference_when_alone()
+
+    def _stop_inference_when_alone(self) -> None:
+        if self.inference is None or self._inference_stopped:
+            return
+        if all(pid in self.exited for pid in self.front_ends):
+            self._inference_stopped = True
+            self._signal(self.inference)
+
+    def _signal(self, pid: int) -> None:
+        child = self.children[pid]
+        if pid not in self.exited and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
 
     def running(self) -> list[ChildLiveness]:
         return [life for pid, life in self.lives.items() if pid not in self.exited and pid not in self.given_up]
 
+    def all_ready(self) -> bool:
+        return all(life.ready for life in self.lives.values())
+
+    def all_exited(self) -> bool:
+        return len(self.exited) == len(self.children)
+
     def tick(self) -> None:
-        """Read beats, beat back, reap exits, and kill a worker that has gone silent or does not start."""
+        """Read beats, beat back, reap exits, and kill a child that has gone silent or does not start."""
         running = self.running()
         readable, _, _ = select.select([life.beat_fd for life in running], [], [], _TICK_S)
         for life in running:
@@ -147,10 +199,15 @@ class _Supervisor:
             self._give_up(life, f"sent no heartbeat for {life.silent_for(now):.1f} s (stopped or hung)")
         for life in not_started(self.running(), settings.startup_timeout_s):
             self._give_up(life, f"did not serve within startup_timeout_s ({settings.startup_timeout_s:g} s)")
+        if self.stopping:
+            self._stop_inference_when_alone()
+
+    def _name(self, pid: int) -> str:
+        return f"the inference process {pid}" if pid == self.inference else f"worker {pid}"
 
     def _give_up(self, life: ChildLiveness, why: str) -> None:
-        """Kill a worker that cannot serve and stop the server (exit status 1), logging why once."""
-        logger.error("worker %d %s; killing it and stopping the server", life.pid, why)
+        """Kill a child that cannot serve and stop the server (exit status 1), logging why once."""
+        logger.error("%s %s; killing it and stopping the server", self._name(life.pid), why)
         self.children[life.pid].kill()
         self.given_up.add(life.pid)  # no longer running: reported once, reaped next
         self.status = self.status or 1
@@ -167,7 +224,7 @@ class _Supervisor:
             if self.stopping:
                 continue
             if self.lives[pid].ready:
-                logger.error("worker %d exited with %d; stopping the others", pid, child.returncode)
+                logger.error("%s exited with %d; stopping the others", self._name(pid), child.returncode)
             self.status = child.returncode if child.returncode > 0 else 1
             self.stop_all()
 
@@ -176,50 +233,60 @@ class _Supervisor:
             life.close()
 
 
-def supervise(settings: Settings, workers: int) -> int:
-    """Run ``workers`` worker processes on one socket until they have all stopped; their exit status.
+def supervise(settings: Settings, workers: int, split: bool = False) -> int:
+    """Run ``workers`` front-end processes on one socket (and, when ``split``, one inference process that holds
+    the models) until they have all stopped; their exit status.
 
-    The first worker starts alone: a model that cannot load ends the server with that worker's one
-    error line, and the others start only once it serves. Once all have started, or the server is asked
-    to stop before that, the supervisor lets go of the socket: when every worker has stopped accepting
-    (the drain), connections are refused. It logs once all serve.
-    Every worker beats (:mod:`niff_serve.process.liveness`); one silent for ``liveness_timeout_s`` is killed and
-    the server stops, exit status 1.
+    The inference process starts first, then the first front end alone: a model that cannot load ends the
+    server with that process's one error line, and the others start only once it serves. Once all have
+    started, or the server is asked to stop before that, the supervisor lets go of the socket: when every
+    front end has stopped accepting (the drain), connections are refused. It logs once all serve.
+    Every child beats (:mod:`niff_serve.process.liveness`); one silent for ``liveness_timeout_s``, or not
+    serving within ``startup_timeout_s``, is killed and the server stops, exit status 1; so does a child
+    that exits on its own.
     """
     try:
         listener = socket.create_server((settings.host, settings.port), backlog=_BACKLOG)
     except OSError as exc:
         raise cannot_listen(settings.host, settings.port, exc) from None
-    warn_about_unknown_env(logger)  # the workers' environment has no NIFF_* names
+    warn_about_unknown_env(logger)  # the children's environment has no NIFF_* names
     metrics_dir = tempfile.mkdtemp(prefix="niff-metrics-")
+    sockets_dir = tempfile.mkdtemp(prefix="niff-inference-")  # 0700: only this user reaches the socket
     supervisor = _Supervisor(settings, workers, listener, metrics_dir)
     asked: int | None = None
 
     def forward(sig: int, frame: FrameType | None) -> None:
-        # As SIGTERM: Ctrl-C sends SIGINT to the whole process group, workers included, and they ignore it
+        # As SIGTERM: Ctrl-C sends SIGINT to the whole process group, children included, and they ignore it
         # (see niff_serve.process.worker); each then drains on this SIGTERM alone.
         nonlocal asked
         asked = asked or sig
-        supervisor.stop_all(signal.SIGTERM)
+        supervisor.stop_all()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     try:
-        supervisor.spawn(1)
+        if split:
+            supervisor.spawn_inference(os.path.join(sockets_dir, "inference.sock"))
+        else:
+            supervisor.spawn(1)
         announced = False
-        while len(supervisor.exited) < len(supervisor.children):
+        while not supervisor.all_exited():
             supervisor.tick()
-            if supervisor.stopping or len(supervisor.children) == workers:
-                listener.close()  # the workers hold it (those that will ever run)
-            ready = [life for life in supervisor.lives.values() if life.ready]
-            if supervisor.stopping or announced or len(ready) < len(supervisor.children):
+            if supervisor.stopping or len(supervisor.front_ends) == workers:
+                listener.close()  # the front ends hold it (those that will ever run)
+            if supervisor.stopping or announced or not supervisor.all_ready():
                 continue
-            if len(supervisor.children) < workers:
-                supervisor.spawn(workers - 1)
+            if len(supervisor.front_ends) < workers:
+                supervisor.spawn(1 if not supervisor.front_ends else workers - len(supervisor.front_ends))
                 continue
             announced = True
             pids = list(supervisor.children)
-            logger.info("serving with %d worker processes", workers, extra={"pids": pids})
+            if split:
+                logger.info(
+                    "serving with %d front-end processes and an inference process", workers, extra={"pids": pids}
+                )
+            else:
+                logger.info("serving with %d worker processes", workers, extra={"pids": pids})
         if supervisor.status or asked is None:
             return supervisor.status
         return 128 + signal.SIGINT if asked == signal.SIGINT else 0  # Ctrl-C: a shell's usual 130
@@ -227,3 +294,4 @@ def supervise(settings: Settings, workers: int) -> int:
         listener.close()
         supervisor.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(sockets_dir, ignore_errors=True)

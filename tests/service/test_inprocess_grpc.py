@@ -4,6 +4,7 @@ on a started service state (models loaded through ONNX Runtime); no port, no sub
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from niff_contract import Preprocessor, read_model_folder
 from niff_serve.core.settings import Settings
 from niff_serve.core.state import ServiceState
 from niff_serve.grpc.server import InferenceServicer
+from niff_serve.grpc.shared_memory import SHM_DIR, SharedMemoryRegions
 
 from . import tiny_onnx
 from .conftest import MINI, TINY
@@ -63,8 +65,13 @@ def served(onnx_repository: Path) -> Iterator[Callable[[Call], Any]]:
     state = ServiceState(settings)
     loop.run_until_complete(state.start())
     servicer = InferenceServicer(state)
+    internal = InferenceServicer(state, SharedMemoryRegions())  # the split topology's inference endpoint
+
+    def run(call: Call, shared: bool = False) -> Any:
+        return loop.run_until_complete(call(internal if shared else servicer))
+
     try:
-        yield lambda call: loop.run_until_complete(call(servicer))
+        yield run
     finally:
         loop.run_until_complete(state.stop())
         loop.close()
@@ -141,3 +148,70 @@ def test_metadata_and_an_expired_deadline(served):
     context = Context(time_remaining=0.0)
     assert served(lambda s: s.ModelInfer(message, context)) is None
     assert context.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.fixture
+def region(tmp_path):
+    """A POSIX shared memory object of 64 KiB, as a front end makes one; removed afterwards."""
+    key = f"niff-test-{os.getpid()}-{tmp_path.name}"
+    path = Path(SHM_DIR) / key
+    path.write_bytes(bytes(65536))
+    memory = np.memmap(path, dtype="<f4", mode="r+")
+    yield key, memory
+    path.unlink(missing_ok=True)
+
+
+def shared(parameters: Any, name: str, offset: int, size: int) -> None:
+    parameters["shared_memory_region"].string_param = name
+    parameters["shared_memory_offset"].int64_param = offset
+    parameters["shared_memory_byte_size"].int64_param = size
+
+
+def test_shared_memory_carries_the_tensors_on_the_internal_endpoint(served, region):
+    key, memory = region
+    register = service_pb2.SystemSharedMemoryRegisterRequest(name="batch", key=key, byte_size=65536)
+    assert served(lambda s: s.SystemSharedMemoryRegister(register.SerializeToString(), Context()), shared=True)
+    batch = np.random.default_rng(2).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    memory[: batch.size] = batch.ravel()
+    request = service_pb2.ModelInferRequest(model_name=TINY)
+    shared(request.inputs.add(name="input", datatype="FP32", shape=[2, 3, 32, 32]).parameters, "batch", 0, batch.nbytes)
+    shared(request.outputs.add(name="logits").parameters, "batch", 32768, 80)
+    context = Context()
+    response = served(lambda s: s.ModelInfer(request.SerializeToString(), context), shared=True)
+    assert context.code is None and not response.raw_output_contents
+    np.testing.assert_allclose(memory[8192 : 8192 + 20].reshape(2, 10), tiny_onnx.logits(batch, 10), rtol=1e-5)
+    status = served(lambda s: s.SystemSharedMemoryStatus(b"", Context()), shared=True)
+    assert status.regions["batch"].key == key and status.regions["batch"].byte_size == 65536
+    unregister = service_pb2.SystemSharedMemoryUnregisterRequest(name="batch").SerializeToString()
+    served(lambda s: s.SystemSharedMemoryUnregister(unregister, Context()), shared=True)
+    context = Context()
+    assert served(lambda s: s.ModelInfer(request.SerializeToString(), context), shared=True) is None
+    assert context.code == grpc.StatusCode.NOT_FOUND and "no shared memory region 'batch'" in context.details
+
+
+def test_shared_memory_is_refused_where_it_does_not_belong(served, region):
+    key, _ = region
+    register = service_pb2.SystemSharedMemoryRegisterRequest(name="r", key=key, byte_size=1024).SerializeToString()
+    context = Context()
+    assert served(lambda s: s.SystemSharedMemoryRegister(register, context)) is None
+    assert context.code == grpc.StatusCode.UNIMPLEMENTED  # the public endpoint
+    request = service_pb2.ModelInferRequest(model_name=TINY)
+    shared(request.inputs.add(name="input", datatype="FP32", shape=[1, 3, 32, 32]).parameters, "r", 0, 12288)
+    context = Context()
+    assert served(lambda s: s.ModelInfer(request.SerializeToString(), context)) is None
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT and "does not take shared memory" in context.details
+
+
+@pytest.mark.parametrize(
+    ("wanted_key", "size", "words"),
+    [
+        ("../etc/passwd", 8, "a shared memory key"),
+        (None, 10**9, "smaller than"),
+        ("niff-no-such-key", 8, "cannot open"),
+    ],
+)
+def test_a_region_that_cannot_be_mapped_is_refused(served, region, wanted_key, size, words):
+    bad = service_pb2.SystemSharedMemoryRegisterRequest(name="r", key=wanted_key or region[0], byte_size=size)
+    context = Context()
+    assert served(lambda s: s.SystemSharedMemoryRegister(bad.SerializeToString(), context), shared=True) is None
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT and words in context.details
