@@ -21,6 +21,8 @@ from niff_contract.schema import LABELS_FILE, Manifest
 
 ModelConfig = model_config_pb2.ModelConfig
 DEFAULT_MAX_QUEUE_DELAY_US = 5000
+# Batches of one model that one server runs at once.
+MAX_INSTANCES = 16
 
 
 def model_config(
@@ -57,6 +59,8 @@ def model_config(
         ],
         dynamic_batching=model_config_pb2.ModelDynamicBatching(max_queue_delay_microseconds=max_queue_delay_us),
         version_policy=policy,
+        # One instance on the device the server finds (KIND_AUTO), as Triton does without the field.
+        instance_group=[model_config_pb2.ModelInstanceGroup(count=1)],
     )
 
 
@@ -133,6 +137,7 @@ def check_config(config: ModelConfig, manifest: Manifest, present: Sequence[int]
                 f"config.pbtxt: {field} is {getattr(config, field)!r}, niff.json says {getattr(expected, field)!r}"
             )
     _check_version_policy(config, manifest.version, present)
+    instance_groups(config)
     for section in ("input", "output"):
         want = getattr(expected, section)[0]
         found = {tensor.name: tensor for tensor in getattr(config, section)}.get(want.name)
@@ -143,6 +148,20 @@ def check_config(config: ModelConfig, manifest: Manifest, present: Sequence[int]
                 f"config.pbtxt: {section} {want.name!r} is {model_config_pb2.DataType.Name(found.data_type)} "
                 f"{list(found.dims)}, niff.json says TYPE_FP32 {list(want.dims)}"
             )
+
+
+def instance_groups(config: ModelConfig) -> tuple[int, str]:
+    """How many instances of the model run at once, and on what: ``"auto"``, ``"cpu"`` or ``"gpu"`` (Triton's
+    ``instance_group``; one instance on the device found when the file has none). A ContractError for what
+    one server process cannot honour: groups of different kinds, or kind KIND_MODEL."""
+    groups = list(config.instance_group) or [model_config_pb2.ModelInstanceGroup(count=1)]
+    kinds = {model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) for group in groups}
+    if len(kinds) > 1 or "KIND_MODEL" in kinds:
+        raise ContractError(f"config.pbtxt: instance_group kinds {sorted(kinds)}; niff-serve runs one kind per model")
+    count = sum(max(group.count, 1) for group in groups)
+    if count > MAX_INSTANCES:
+        raise ContractError(f"config.pbtxt: instance_group asks for {count} instances; at most {MAX_INSTANCES}")
+    return count, kinds.pop().removeprefix("KIND_").lower()
 
 
 def policy_versions(config: ModelConfig, present: Sequence[int]) -> list[int]:

@@ -97,6 +97,7 @@ class DynamicBatcher:
         max_queue_size: int,
         metrics: ModelMetrics,
         records_batches: bool = True,
+        instances: int = 1,
     ) -> None:
         self._run_backend = run
         # False when another process runs the batches (a remote backend) and records them itself.
@@ -110,7 +111,11 @@ class DynamicBatcher:
         self._admitted = 0
         self._wakeup = asyncio.Event()
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{metrics.model}")
+        # config.pbtxt's instance_group count: batches of this model that run at once.
+        self.instances = instances
+        self._free = asyncio.Semaphore(instances)
+        self._running: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"infer-{metrics.model}")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -122,6 +127,8 @@ class DynamicBatcher:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._running:
+            await asyncio.wait(self._running)
         self._executor.shutdown(wait=True)
 
     def _timed_backend(self, inputs: np.ndarray) -> np.ndarray:
@@ -181,11 +188,24 @@ class DynamicBatcher:
                 if self._closing and self._admitted == 0:
                     return
                 continue
+            # A batch is formed only once an instance is free to run it, so it holds all that came meanwhile.
+            await self._free.acquire()
             await self._wait_for_fill()
             batch = self._take_batch()
-            if batch:
-                await self._run(batch)
-                self._wakeup.set()
+            if not batch:
+                self._free.release()
+                continue
+            task = asyncio.create_task(self._run_then_free(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            self._wakeup.set()
+
+    async def _run_then_free(self, batch: list[_Pending]) -> None:
+        try:
+            await self._run(batch)
+        finally:
+            self._free.release()
+            self._wakeup.set()
 
     async def _wait_for_fill(self) -> None:
         """Return once the queue holds a full batch, its oldest request is due, or we are closing."""

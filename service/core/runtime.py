@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from niff_contract import ImageError, ModelFolder, Preprocessor
+from niff_contract import ImageError, ModelFolder, Preprocessor, instance_groups
 from niff_contract.images import (
     CorruptImage,
     EmptyImage,
@@ -95,6 +95,8 @@ class ModelRuntime:
             max_queue_size=settings.max_queue_size,
             metrics=metrics,
             records_batches=backend.kind != "remote",
+            # A remote predictor runs the instances; its client sends one batch at a time.
+            instances=1 if backend.kind == "remote" else instance_groups(folder.config)[0],
         )
         self.ready = False
 

@@ -176,3 +176,30 @@ def test_close_finishes_admitted_work_and_refuses_new() -> None:
         assert backend.batches == [2]
 
     asyncio.run(main())
+
+
+class MeetingBackend(RecordingBackend):
+    """Each call waits for ``parties`` calls to be inside at once (a barrier): proves batches run concurrently."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=2)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.barrier.wait()
+        return super().__call__(batch)
+
+
+@pytest.mark.parametrize(("instances", "met"), [(2, True), (1, False)])
+def test_instances_run_batches_at_once(instances: int, met: bool) -> None:
+    """config.pbtxt's instance_group count: that many batches of one model run at the same time; one instance
+    runs them one after the other (the two batches never meet, and the barrier breaks)."""
+
+    async def scenario(batcher: DynamicBatcher, backend: RecordingBackend) -> None:
+        answers = await asyncio.gather(
+            infer(batcher, rows(1, 2, 3, 4)), infer(batcher, rows(5, 6, 7, 8)), return_exceptions=True
+        )
+        succeeded = [not isinstance(answer, BaseException) for answer in answers]
+        assert succeeded == [met, met]
+
+    run(scenario, MeetingBackend(2), instances=instances, max_delay_s=0.0)

@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from niff_contract import ArtifactKind, ModelFolder
+from niff_contract import ArtifactKind, ModelFolder, instance_groups
 from niff_contract.errors import one_line
 from niff_serve.core.backends.base import Backend, BackendKind, DeviceKind
 from niff_serve.core.errors import ConfigurationError
@@ -48,12 +48,15 @@ def choose_backend(folder: ModelFolder, settings: Settings) -> tuple[BackendKind
         present.remove("torchscript")
         if not present:
             raise ConfigurationError(f"{where}: the TorchScript backend needs torch, which is not installed")
-    if settings.device != "cpu":
+    # config.pbtxt's instance_group may pin the model to a kind of device; else the settings decide.
+    wanted = {"cpu": "cpu", "gpu": "cuda"}.get(instance_groups(folder.config)[1], settings.device)
+    if wanted != "cpu":
         for kind in present:
             if _cuda_available(kind):
                 return kind, "cuda"
-        if settings.device == "cuda":
-            raise ConfigurationError(f"{where}: device cuda asked for, but {' and '.join(present)} cannot reach a GPU")
+        if wanted == "cuda":
+            asked = "device cuda asked for" if settings.device == "cuda" else "config.pbtxt asks for KIND_GPU"
+            raise ConfigurationError(f"{where}: {asked}, but {' and '.join(present)} cannot reach a GPU")
     return present[0], "cpu"
 
 
