@@ -117,8 +117,10 @@ IMAGE_BUILD_ARGS = --build-arg VARIANT=$(VARIANT) --build-arg VERSION=$(IMAGE_VE
 TORCH_WHEELS ?= $(PIP_FIND_LINKS)
 # checkov runs from its own virtual environment (why: deploy/checks-requirements.txt).
 CHECKS_VENV ?= build/checks-venv
+# So does PyTriton, the transformer test's real Triton (why: tests/service/triton-requirements.txt).
+TRITON_VENV ?= build/triton-venv
 
-.PHONY: image image-test lock checks-venv
+.PHONY: image image-test lock checks-venv triton-venv
 
 image:
 	@test -n "$(CONTAINER_ENGINE)" || { echo "make image: neither docker nor podman found" >&2; exit 1; }
@@ -139,4 +141,11 @@ $(CHECKS_VENV)/.installed: deploy/checks-requirements.txt
 	$(CHECKS_VENV)/bin/python -m pip install -q -r deploy/checks-requirements.txt
 	touch $@
 
-test: checks-venv
+triton-venv: $(TRITON_VENV)/.installed
+
+$(TRITON_VENV)/.installed: tests/service/triton-requirements.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q -r tests/service/triton-requirements.txt
+	touch $@
+
+test: checks-venv triton-venv
