@@ -94,6 +94,7 @@ class RemoteBackend(Backend):
         self._classes = folder.num_classes
         self._timeout_s = timeout_s
         self._shared = shared
+        self._most: int | None = None
         self.platform = ""
 
     def wait_ready(self, address: str, timeout_s: float) -> None:
@@ -119,10 +120,25 @@ class RemoteBackend(Backend):
             time.sleep(_READY_POLL_S)
         metadata = self._stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=self._name, version=self._version))
         self.platform = metadata.platform
+        self._most = self._predictor_batch_limit()
         if self._shared is not None:
             self._shared.register(self._stub)
 
+    def _predictor_batch_limit(self) -> int | None:
+        """The predictor's max_batch_size for the model (its config), or None when it does not say."""
+        try:
+            request = service_pb2.ModelConfigRequest(name=self._name, version=self._version)
+            return self._stub.ModelConfig(request, timeout=10).config.max_batch_size or None
+        except grpc.RpcError:
+            return None
+
     def run(self, batch: np.ndarray) -> np.ndarray:
+        """The batch's logits; a batch larger than the predictor takes goes in parts."""
+        if self._most is None or len(batch) <= self._most:
+            return self._run(batch)
+        return np.concatenate([self._run(part) for part in np.split(batch, range(self._most, len(batch), self._most))])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         request = service_pb2.ModelInferRequest(model_name=self._name, model_version=self._version)
         request.inputs.add(name=self._input, datatype="FP32", shape=batch.shape)
         request.outputs.add(name=self._output)

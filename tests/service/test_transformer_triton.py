@@ -35,9 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV_PYTHON = ROOT / "build" / "triton-venv" / "bin" / "python"
 PREDICTOR_SCRIPT = Path(__file__).with_name("triton_predictor.py")
 
-# Each model's batches at Triton are at most this. The transformer is told the same (--max-batch-size): it
-# batches as the folder's config.pbtxt says (16) and does not ask the predictor, so Triton would refuse its
-# warm-up batch ("inference request batch-size must be <= 8").
+# Each model's batches at Triton are at most this; the transformer batches as the folder's config.pbtxt says
+# (16) and sends larger batches to Triton in parts.
 TRITON_MAX_BATCH = 8
 
 
@@ -141,7 +140,6 @@ def transformer(
         repository,
         log,
         *("--predictor", f"grpc://127.0.0.1:{triton.grpc_port}"),
-        *("--max-batch-size", str(TRITON_MAX_BATCH)),
     )
     try:
         server.wait_ready()
