@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import datetime as dt
@@ -16,7 +17,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from niff_contract import (
     DEFAULT_MAX_QUEUE_DELAY_US,
     FORMAT_VERSION,
     INPUT_NAME,
+    INTERPOLATIONS,
     LABELS_FILE,
     MODEL_FILES,
     OUTPUT_NAME,
@@ -38,7 +40,9 @@ from niff_contract import (
     CheckpointRecord,
     Manifest,
     ReportRecord,
+    SpectralLayer,
     TensorSpec,
+    TuningRecord,
     config_text,
     describe_errors,
     labels_text,
@@ -50,41 +54,93 @@ from niff_export.bake import bake
 from niff_export.compact import CompactPlan, CompactRequest, compact_model, onnx_opset, plan_compaction
 from niff_export.errors import ExportError
 from niff_export.images import CalibrationImages, calibration_images, sample_photos
-from niff_export.labels import resolve_labels
+from niff_export.labels import read_labels, resolve_labels
 from niff_export.lowering import LOWERINGS, lower
+from niff_export.options import (
+    Option,
+    check_fields,
+    check_size,
+    comma_list,
+    count_option,
+    flag_of,
+    option,
+    triple,
+)
 from niff_export.parity import (
     AccuracyDrop,
     AgreementReport,
     ParityReport,
-    check_tolerance,
     compare,
     float64_drift,
     parity_inputs,
     parity_report,
+    tolerance_problem,
 )
 from niff_export.precision import in_precision
 from niff_export.repository import SharedFields, StagingFolder, check_name, jsonable
-from niff_export.runtimes import gate_runtimes, resolve_target, runner, runtime_label, wrap_padding
+from niff_export.runtimes import TARGETS, gate_runtimes, resolve_target, runner, runtime_label, wrap_padding
+from niff_export.spec import resolve_spec
 from niff_export.tuning import default_choices, tune_layers, tuning_record
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 DEFAULT_LOWERING = {"onnx": "matmul", "torchscript": "torch"}
-MIN_SIZE = 8
 MAX_BATCH_DELAY_MS = 60_000
-# What each preprocessing field is called on the command line.
-_PREPROCESSING_OPTIONS = {"input_size": "--size", "crop_pct": "--crop-pct", "interpolation": "--interpolation"}
 # Gate inputs run through the models in chunks of this many images (a calibration folder may be large).
 GATE_CHUNK = 32
 # Batch at which --tune times the spectral layers (capped by the model's max batch size).
 TUNE_BATCH = 8
 
-# Called with (stage description, None) when a stage starts and (description, seconds) when it ends.
-Progress = Callable[[str, "float | None"], None]
+# Called when a stage starts, with (description, None, its number, the number of stages), and when it ends, with
+# its seconds in place of None.
+Progress = Callable[[str, "float | None", int, int], None]
+
+
+def _formats_problem(formats: Sequence[str]) -> str | None:
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        given = f"unknown format {', '.join(unknown)}" if unknown else "no format"
+        return f"has {given}; choose from {', '.join(FORMATS)}"
+    return None
+
+
+def _delay_problem(delay_ms: float) -> str | None:
+    return (
+        None if 0 <= delay_ms <= MAX_BATCH_DELAY_MS else f"must be between 0 and {MAX_BATCH_DELAY_MS}, got {delay_ms}"
+    )
+
+
+def _tolerance_argument(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or tolerance_problem(value):
+        raise argparse.ArgumentTypeError(f"expected a relative error between 0 and 1, like 1e-3, got {text!r}")
+    return value
+
+
+# ``ExportOptions.preprocessing``'s keys, as options of their own (timm's names; niff.Preprocessing checks them).
+_PREPROCESSING_KEYS = (
+    (
+        "crop_pct",
+        Option(
+            parse=float, metavar="F", help="center-crop fraction: resize to floor(size / F), then crop (0 < F <= 1)"
+        ),
+    ),
+    ("interpolation", Option(choices=INTERPOLATIONS, help="resize filter for the shorter side (e.g. bicubic)")),
+    ("mean", Option(parse=triple, metavar="R,G,B", help="per-channel mean on the [0, 1] scale")),
+    ("std", Option(parse=triple, metavar="R,G,B", help="per-channel std on the [0, 1] scale")),
+)
+# The preprocessing fields an option overrides, and their options (input_size is --size; resize follows).
+PREPROCESSING_OPTIONS = {key: flag_of(key, spec) for key, spec in _PREPROCESSING_KEYS}
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     """Everything an export may be asked besides the model, its input size and where it goes.
+
+    Each field's default, help, command-line form and check are declared here once (``options.option``):
+    ``niff-export``'s options are generated from these fields and the record checks itself when built.
 
     ``preprocessing`` overrides fields of the model's preprocessing (timm's names: ``interpolation``,
     ``crop_pct``, ``mean``, ``std``). ``max_batch_size`` and ``max_batch_delay_ms`` go into config.pbtxt,
@@ -107,22 +163,113 @@ class ExportOptions:
     versions (the exported one among them) and makes config.pbtxt's policy ``latest { num_versions: N }``.
     """
 
-    formats: Sequence[str] = FORMATS
-    fft: str | None = None
-    fp16: bool = False
-    labels: Sequence[str] | None = None
-    opset: int | None = None
-    max_batch_size: int = 16
-    max_batch_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_US / 1000
-    preprocessing: Mapping[str, Any] = field(default_factory=dict)
-    version: int = 1
-    force: bool = False
-    keep_versions: int | None = None
-    compact: CompactRequest | None = None
-    tune: bool = False
-    report: bool = False
-    parity_tolerance: float | None = None
-    target: str | None = None
+    formats: Sequence[str] = option(
+        FORMATS,
+        flag="--format",
+        metavar="LIST",
+        parse=comma_list(_formats_problem),
+        check=_formats_problem,
+        help="comma-separated artifacts to write: onnx, torchscript (default: {default})",
+    )
+    fft: str | None = option(
+        None,
+        choices=LOWERINGS,
+        help="how transforms are computed: matmul = DFT as products with precomputed matrices (runs on every "
+        "runtime and execution provider); dft = ONNX DFT op (opset >= 20); torch = torch.fft in TorchScript "
+        f"(cuFFT on GPU). Default: ONNX {DEFAULT_LOWERING['onnx']}, TorchScript {DEFAULT_LOWERING['torchscript']}",
+    )
+    tune: bool = option(
+        False,
+        help="time each spectral layer's candidate lowerings (matmul: separable, paired, kronecker up to 16x16 "
+        "maps, and in ONNX separable-per-image and paired-per-image; TorchScript also torch.fft) on this "
+        f"machine's runtime at batch {TUNE_BATCH} (or --max-batch-size if smaller) and keep the fastest; "
+        "without it a default table measured on ONNX Runtime CPU applies. Choices and timings go into niff.json",
+    )
+    report: bool = option(
+        False,
+        help="also write niff-report's kernel report (report.json, figures, report.md) into the model folder's "
+        "report/, listed in niff.json; niff-serve's page shows it (needs the report extra: matplotlib)",
+    )
+    target: str | None = option(
+        None,
+        choices=TARGETS,
+        help="where the ONNX file will run. portable: forms every supported runtime reads (ONNX Runtime, "
+        "OpenVINO), checked in each one installed; onnxruntime: ONNX Runtime's fastest forms (a compact "
+        "export's circular padding as one Pad mode 'wrap', which OpenVINO refuses), checked there alone; "
+        "openvino: portable, and fail unless OpenVINO is installed to check the file. Default: portable "
+        "(onnxruntime with --fft dft, whose DFT ops OpenVINO misreads). Only compact exports' files differ; "
+        "niff.json records the target and the runtimes (with versions) that ran the file",
+    )
+    fp16: bool = option(False, help="compute in float16 (inputs and outputs stay float32)")
+    parity_tolerance: float | None = option(
+        None,
+        metavar="T",
+        parse=_tolerance_argument,
+        check=tolerance_problem,
+        help="relative error the parity gate accepts, for an ill-conditioned model whose own float32 output drifts "
+        "from float64 (default: 1e-4, with --fp16 1e-2); printed as a warning and recorded in niff.json with the "
+        "measured drift. A failing gate says when this applies",
+    )
+    labels: Sequence[str] | None = option(
+        None,
+        metavar="FILE",
+        parse=Path,
+        load=read_labels,
+        help="class names, one per line (default: ImageNet names for 1000 classes, else numbers)",
+    )
+    opset: int | None = count_option(
+        None,
+        help="ONNX opset (default: 18 for matmul, 20 for dft)",
+    )
+    max_batch_size: int = count_option(
+        16,
+        help="largest batch niff-serve forms (config.pbtxt; default: {default}; a server setting may override it)",
+    )
+    max_batch_delay_ms: float = option(
+        DEFAULT_MAX_QUEUE_DELAY_US / 1000,
+        metavar="MS",
+        parse=float,
+        check=_delay_problem,
+        help="longest wait for a fuller batch (config.pbtxt's max_queue_delay; default: {default})",
+    )
+    preprocessing: Mapping[str, Any] = option(
+        default_factory=dict,
+        keys=_PREPROCESSING_KEYS,
+        group=(
+            "preprocessing",
+            "How the model was trained to be evaluated (timm's names). Each overrides the architecture's default\n"
+            "and the checkpoint's own metadata, is recorded in niff.json and followed by niff-serve.",
+        ),
+    )
+    version: int = count_option(
+        1,
+        flag="--model-version",
+        help="model version: the files go into OUT/NAME/N/, as Triton lays out versions (default: {default}). The "
+        "folder's other versions are kept and config.pbtxt lists them all; niff.json describes version N, the "
+        "one niff-serve serves",
+    )
+    force: bool = option(
+        False, help="replace version N when OUT/NAME/N/ exists (without it, that is an error and nothing is written)"
+    )
+    keep_versions: int | None = count_option(
+        None,
+        metavar="K",
+        help="keep only the K highest versions in OUT/NAME/ (N among them; older version folders are deleted "
+        "once the export succeeds) and write version_policy latest { num_versions: K } into config.pbtxt "
+        "(default: keep every version and list each one)",
+    )
+    compact: CompactRequest | None = option(  # noqa: RUF009 (option is dataclasses.field with metadata)
+        None, record=CompactRequest, group=("compact export (approximate, opt-in)", None)
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def stages(self) -> int:
+        """How many stages ``export_model`` runs with these options (``export_checkpoint`` adds its loading)."""
+        formats = len(dict.fromkeys(self.formats))
+        return 2 + formats * (2 if self.tune else 1) + (self.compact is not None) + self.report
 
 
 @dataclass(frozen=True)
@@ -142,11 +289,11 @@ class _Plan:
     """What an export will do, resolved and checked before anything is computed or written."""
 
     model: nn.Module
+    spec: niff.ModelSpec
     size: int
     name: str
     options: ExportOptions
     formats: tuple[str, ...]
-    num_classes: int
     labels: list[str]
     preprocessing: niff.Preprocessing
     lowerings: dict[str, str]
@@ -157,10 +304,47 @@ class _Plan:
 
 
 @dataclass(frozen=True)
+class _Artifact:
+    """One written model file, until niff.json records it (with its sha256) as the contract's ArtifactRecord."""
+
+    path: str  # relative to the model folder
+    lowering: str
+    fp16: bool
+    exporter: str
+    spectral_layers: tuple[SpectralLayer, ...]
+    verified_runtimes: tuple[str, ...]
+    opset: int | None = None
+    tuning: TuningRecord | None = None
+    target: str | None = None
+
+    def record(self, folder: Path) -> ArtifactRecord:
+        return ArtifactRecord(**vars(self), sha256=sha256_file(folder / self.path))
+
+
+@dataclass(frozen=True)
 class _Built:
     baked: nn.Module
     deployed: nn.Module
-    artifacts: dict[str, dict[str, Any]]
+    artifacts: dict[str, _Artifact]
+
+
+class _Stages:
+    """Runs, times and numbers an export's stages for its progress callback, out of a total known up front."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, message: str) -> Iterator[None]:
+        self.done += 1
+        if self.progress:
+            self.progress(message, None, self.done, self.total)
+        start = time.perf_counter()
+        yield
+        self.timings[message] = time.perf_counter() - start
+        if self.progress:
+            self.progress(message, self.timings[message], self.done, self.total)
 
 
 def lowering_for(fmt: str, fft: str | None) -> str:
@@ -170,29 +354,9 @@ def lowering_for(fmt: str, fft: str | None) -> str:
     """
     if fft is None:
         return DEFAULT_LOWERING[fmt]
-    if fft not in LOWERINGS:
-        raise ExportError(f"unknown --fft {fft!r}; choose one of {', '.join(LOWERINGS)}")
     if fft == "matmul":
         return "matmul"
     return "dft" if fmt == "onnx" else "torch"
-
-
-@contextlib.contextmanager
-def _stage(progress: Progress | None, timings: dict[str, float], message: str) -> Iterator[None]:
-    if progress:
-        progress(message, None)
-    start = time.perf_counter()
-    yield
-    timings[message] = time.perf_counter() - start
-    if progress:
-        progress(message, timings[message])
-
-
-def check_size(size: int) -> int:
-    """The one check of the input size, for the Python API and ``niff-export --size`` alike."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
-        raise ExportError(f"the input size must be an integer of at least {MIN_SIZE} pixels, got {size!r}")
-    return size
 
 
 def installed_versions() -> dict[str, str]:
@@ -229,15 +393,34 @@ def export_model(
 
     ``model`` should come from ``niff.create_model``/``niff.load_checkpoint`` (its ``niff_spec`` gives
     the preprocessing and the default name); any fx-traceable model built from niff layers works.
-    ``fields`` are :class:`ExportOptions` fields, a shorthand for ``options``.
+    ``fields`` are :class:`ExportOptions` fields, a shorthand for ``options`` (not both).
     """
-    options = replace(options or ExportOptions(), **fields)
+    options = _options(options, fields)
+    stages = _Stages(progress, options.stages)
+    return _export(model, resolve_spec(model, check_size(size)), size, out_dir, name, options, checkpoint, stages)
+
+
+def _options(options: ExportOptions | None, fields: Mapping[str, Any]) -> ExportOptions:
+    if options is not None and fields:
+        raise TypeError(f"give ExportOptions or its fields as keywords, not both (got {', '.join(fields)})")
+    return options if options is not None else ExportOptions(**fields)
+
+
+def _export(
+    model: nn.Module,
+    spec: niff.ModelSpec,
+    size: int,
+    out_dir: str | os.PathLike[str],
+    name: str | None,
+    options: ExportOptions,
+    checkpoint: str | os.PathLike[str] | None,
+    stages: _Stages,
+) -> ExportResult:
     if options.report:
         from niff_export.report.figures import require_matplotlib  # the report extra, only when asked
 
         require_matplotlib()  # before hours of export, not after
-    timings: dict[str, float] = {}
-    plan = _plan(model.eval(), size, name, options, progress, timings)
+    plan = _plan(model.eval(), spec, size, name, options, stages)
     staging = StagingFolder(
         Path(out_dir),
         plan.name,
@@ -247,10 +430,10 @@ def export_model(
         shared=_shared_fields(plan),
     )
     try:
-        built = _build(plan, staging, progress, timings)
-        with _stage(progress, timings, "Checking parity with eager PyTorch"):
+        built = _build(plan, staging, stages)
+        with stages("Checking parity with eager PyTorch"):
             report, agreement = _verify(plan, built, staging.path / staging.version_dir)
-        kernel_report = _write_report(plan, staging, progress, timings) if options.report else None
+        kernel_report = _write_report(plan, staging, stages) if options.report else None
         manifest = _write(plan, built, staging, report, agreement, checkpoint, kernel_report)
         path = staging.commit()
     except BaseException:
@@ -260,7 +443,7 @@ def export_model(
         path,
         manifest,
         report,
-        timings,
+        stages.timings,
         plan.compact,
         agreement,
         versions=staging.versions,
@@ -269,47 +452,29 @@ def export_model(
 
 
 def _plan(
-    model: nn.Module,
-    size: int,
-    name: str | None,
-    options: ExportOptions,
-    progress: Progress | None,
-    timings: dict[str, float],
+    model: nn.Module, spec: niff.ModelSpec, size: int, name: str | None, options: ExportOptions, stages: _Stages
 ) -> _Plan:
-    check_size(size)
     formats = tuple(dict.fromkeys(options.formats))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ExportError(f"unknown format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
-    if options.max_batch_size < 1:
-        raise ExportError(f"--max-batch-size must be positive, got {options.max_batch_size}")
-    if not 0 <= options.max_batch_delay_ms <= MAX_BATCH_DELAY_MS:
-        raise ExportError(
-            f"--max-batch-delay-ms must be between 0 and {MAX_BATCH_DELAY_MS}, got {options.max_batch_delay_ms}"
-        )
-    check_tolerance(options.parity_tolerance)
     lowerings = {fmt: lowering_for(fmt, options.fft) for fmt in formats}
     target = resolve_target(options.target, lowerings.get("onnx"))
-    spec = getattr(model, "niff_spec", None)
-    name = check_name(name or (spec.arch if spec and spec.arch else f"{type(model).__name__.lower()}_{size}"))
-    num_classes = spec.num_classes if spec else int(model(torch.zeros(1, 3, size, size)).shape[1])
-    given = list(options.labels) if options.labels is not None else (spec.labels if spec else None)
-    preprocessing = planned_preprocessing(model, size, options.preprocessing)
-    labels = resolve_labels(num_classes, given)
+    name = check_name(name or spec.arch or f"{type(model).__name__.lower()}_{size}")
+    given = list(options.labels) if options.labels is not None else spec.labels
+    preprocessing = planned_preprocessing(spec, size, options.preprocessing)
+    labels = resolve_labels(spec.num_classes, given)
     compact, calibration = None, None
     if options.compact is not None:
-        with _stage(progress, timings, f"Measuring kernels at {size}x{size} for compaction"):
+        with stages(f"Measuring kernels at {size}x{size} for compaction"):
             compact = plan_compaction(model, size, options.compact)
             if options.compact.calibration is not None:
                 calibration = calibration_images(Path(options.compact.calibration), preprocessing, labels)
                 options.compact.check_calibration(labelled=calibration.labels is not None)
     return _Plan(
         model=model,
+        spec=spec,
         size=size,
         name=name,
         options=options,
         formats=formats,
-        num_classes=num_classes,
         labels=labels,
         preprocessing=preprocessing,
         lowerings=lowerings,
@@ -320,15 +485,13 @@ def _plan(
     )
 
 
-def planned_preprocessing(model: nn.Module, size: int, overrides: Mapping[str, Any]) -> niff.Preprocessing:
-    """The preprocessing an export of ``model`` at ``size`` records: the model's own (``niff_spec``; ImageNet's
-    defaults without one) at ``size``, with ``overrides`` (``ExportOptions.preprocessing``), validated."""
-    spec = getattr(model, "niff_spec", None)
-    base = spec.preprocessing if spec else niff.Preprocessing()
+def planned_preprocessing(spec: niff.ModelSpec, size: int, overrides: Mapping[str, Any]) -> niff.Preprocessing:
+    """The preprocessing an export of a model (``resolve_spec``) at ``size`` records: its own at ``size``, with
+    ``overrides`` (``ExportOptions.preprocessing``), validated."""
     try:
-        return base.updated(**overrides, input_size=size)
+        return spec.preprocessing.updated(**overrides, input_size=size)
     except ValidationError as exc:
-        name_of = lambda field: _PREPROCESSING_OPTIONS.get(field, f"--{field}")  # noqa: E731
+        name_of = lambda field: {"input_size": "--size", **PREPROCESSING_OPTIONS}.get(field, f"--{field}")  # noqa: E731
         raise ExportError(f"invalid preprocessing: {describe_errors(exc.errors(), name_of)}") from None
 
 
@@ -337,28 +500,28 @@ def _shared_fields(plan: _Plan) -> SharedFields:
     return SharedFields(
         platform=TRITON_PLATFORMS["onnx" if "onnx" in plan.formats else "torchscript"],
         input_shape=(3, plan.size, plan.size),
-        num_classes=plan.num_classes,
+        num_classes=plan.spec.num_classes,
         labels_sha256=hashlib.sha256(labels_text(plan.labels).encode()).hexdigest(),
         preprocessing=plan.preprocessing,
     )
 
 
-def _build(plan: _Plan, staging: StagingFolder, progress: Progress | None, timings: dict[str, float]) -> _Built:
+def _build(plan: _Plan, staging: StagingFolder, stages: _Stages) -> _Built:
     """Bake, compact and lower the model, and write every artifact into the staging folder."""
     size, fp16 = plan.size, plan.options.fp16
-    with _stage(progress, timings, f"Baking filters at {size}x{size}"):
+    with stages(f"Baking filters at {size}x{size}"):
         baked = bake(plan.model, size)
         deployed = baked if plan.compact is None else compact_model(baked, plan.compact, wrap_padding(plan.target))
-    artifacts: dict[str, dict[str, Any]] = {}
+    artifacts: dict[str, _Artifact] = {}
     for fmt in plan.formats:
         lowering, tuning = plan.lowerings[fmt], None
         if plan.options.tune:
             tuning = tuning_record(fmt, min(TUNE_BATCH, plan.options.max_batch_size))
-            with _stage(progress, timings, f"Tuning the spectral layers for {fmt}"):
+            with stages(f"Tuning the spectral layers for {fmt}"):
                 choices = tune_layers(deployed, fmt, lowering, batch=tuning.batch, fp16=fp16)
         else:
             choices = default_choices(deployed, lowering)
-        with _stage(progress, timings, f"Writing {fmt} ({lowering} lowering{', fp16' if fp16 else ''})"):
+        with stages(f"Writing {fmt} ({lowering} lowering{', fp16' if fp16 else ''})"):
             family = "matmul" if lowering == "matmul" else "torch"
             per_layer = {choice.layer: choice.lowering for choice in choices}
             module = in_precision(lower(copy.deepcopy(deployed), family, per_layer), fp16)
@@ -368,16 +531,17 @@ def _build(plan: _Plan, staging: StagingFolder, progress: Progress | None, timin
                 info = write_onnx(module, torch.randn(2, 3, size, size), staging.path / relative, lowering, opset)
             else:
                 info = write_torchscript(module, staging.path / relative)
-            artifacts[fmt] = {
-                "path": relative,
-                "lowering": lowering,
-                "fp16": fp16,
-                **info,
-                "tuning": tuning,
-                "spectral_layers": tuple(choices),
-                "target": plan.target if fmt == "onnx" else None,
-                "verified_runtimes": tuple(runtime_label(name) for name in plan.runtimes[fmt]),
-            }
+            artifacts[fmt] = _Artifact(
+                path=relative,
+                lowering=lowering,
+                fp16=fp16,
+                exporter=info.exporter,
+                opset=info.opset,
+                tuning=tuning,
+                spectral_layers=tuple(choices),
+                target=plan.target if fmt == "onnx" else None,
+                verified_runtimes=tuple(runtime_label(name) for name in plan.runtimes[fmt]),
+            )
     return _Built(baked, deployed, artifacts)
 
 
@@ -448,26 +612,23 @@ def _write(
 
     niff.json records the sha256 of each file it names, the labels file's as the artifacts'.
     """
-    options, spec = plan.options, getattr(plan.model, "niff_spec", None)
+    options, spec = plan.options, plan.spec
     staging.write_text(LABELS_FILE, labels_text(plan.labels))
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         name=plan.name,
         version=options.version,
-        arch=spec.arch if spec else None,
-        builder=spec.builder if spec else type(plan.model).__name__,
-        arch_kwargs=jsonable(spec.arch_kwargs) if spec else {},
-        num_classes=plan.num_classes,
+        arch=spec.arch,
+        builder=spec.builder,
+        arch_kwargs=jsonable(spec.arch_kwargs),
+        num_classes=spec.num_classes,
         input=TensorSpec(name=INPUT_NAME, shape=(3, plan.size, plan.size), layout="NCHW"),
-        output=TensorSpec(name=OUTPUT_NAME, shape=(plan.num_classes,)),
+        output=TensorSpec(name=OUTPUT_NAME, shape=(spec.num_classes,)),
         preprocessing=plan.preprocessing,
         labels_file=LABELS_FILE,
         labels_sha256=sha256_file(staging.path / LABELS_FILE),
         max_batch_size=options.max_batch_size,
-        artifacts={
-            fmt: ArtifactRecord(**artifact, sha256=sha256_file(staging.path / artifact["path"]))
-            for fmt, artifact in built.artifacts.items()
-        },
+        artifacts={fmt: artifact.record(staging.path) for fmt, artifact in built.artifacts.items()},
         parity=report.record(),
         report=kernel_report,
         checkpoint=CheckpointRecord(file=os.path.basename(checkpoint), sha256=sha256_file(checkpoint))
@@ -490,13 +651,11 @@ def _write(
     return manifest
 
 
-def _write_report(
-    plan: _Plan, staging: StagingFolder, progress: Progress | None, timings: dict[str, float]
-) -> ReportRecord:
+def _write_report(plan: _Plan, staging: StagingFolder, stages: _Stages) -> ReportRecord:
     """niff-report's kernel report of the exported model, in the staging folder's ``report/``."""
     from niff_export.report.api import report_model  # the report extra (matplotlib): imported only when asked
 
-    with _stage(progress, timings, "Writing the kernel report"):
+    with stages("Writing the kernel report"):
         result = report_model(plan.model, plan.size, staging.path / REPORT_DIR, plan.name)
     return ReportRecord(files={path.name: sha256_file(path) for path in result.files})
 
@@ -513,17 +672,23 @@ def export_checkpoint(
     ema: bool = False,
     name: str | None = None,
     progress: Progress | None = None,
+    loaded: Callable[[niff.ModelSpec], None] | None = None,
     **fields: Any,
 ) -> ExportResult:
-    """Load a checkpoint (``niff.load_checkpoint`` rules) and export it; see ``export_model`` for the options."""
+    """Load a checkpoint (``niff.load_checkpoint`` rules) and export it; see ``export_model`` for the options.
+
+    ``loaded`` is called with the model's spec once it has loaded, before the export's long stages.
+    """
+    options = _options(options, fields)
     check_size(size)
-    timings: dict[str, float] = {}
-    with _stage(progress, timings, "Loading checkpoint"):
+    stages = _Stages(progress, 1 + options.stages)
+    with stages("Loading checkpoint"):
         model = load_model(checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema)
-    if name is None and model.niff_spec.arch is None:
-        name = Path(checkpoint).stem
-    result = export_model(model, size, out_dir, name, options, checkpoint=checkpoint, progress=progress, **fields)
-    return replace(result, timings={**timings, **result.timings})
+    spec = resolve_spec(model, size)
+    if loaded:
+        loaded(spec)
+    name = name or (None if spec.arch else Path(checkpoint).stem)
+    return _export(model, spec, size, out_dir, name, options, checkpoint, stages)
 
 
 def load_model(
@@ -534,29 +699,11 @@ def load_model(
     trust_pickle: bool = False,
     ema: bool = False,
 ) -> nn.Module:
-    """``niff.load_checkpoint`` with its errors as ExportError, naming a checkpoint that holds no NIFF layers.
-
-    A ``niff.CheckpointError`` becomes an ExportError whose ``__cause__`` it is (its ``option`` says which
-    argument would resolve it).
-    """
+    """``niff.load_checkpoint`` with its errors as ExportError: a file that is no NIFF checkpoint said as such,
+    else with the ``niff.CheckpointError`` as ``__cause__`` (its ``option`` says which argument would resolve it)."""
     try:
         return niff.load_checkpoint(checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema)
     except niff.CheckpointError as exc:
-        not_niff = _without_niff_layers(checkpoint, trust_pickle, ema)
-        if not_niff is not None:
-            raise ExportError(not_niff) from None
+        if exc.not_niff:
+            raise ExportError(exc.not_niff) from None
         raise ExportError(str(exc)) from exc
-
-
-def _without_niff_layers(checkpoint: str | os.PathLike[str], trust_pickle: bool, ema: bool) -> str | None:
-    """Why a checkpoint that failed to load is not a NIFF model, when its weights have no frequency-filter MLPs."""
-    try:
-        state_dict = niff.extract_state_dict(niff.read_checkpoint(checkpoint, trust_pickle), ema)
-    except niff.CheckpointError:
-        return None
-    if any(part in ("mlp_real", "mlp_imag", "mlp") for key in state_dict for part in key.split(".")):
-        return None
-    return (
-        f"{os.fspath(checkpoint)} holds no NIFF layers (no frequency-filter weights 'mlp_real', 'mlp_imag' or "
-        "'mlp'): it is not a NIFF checkpoint"
-    )

@@ -6,8 +6,8 @@ import contextlib
 import io
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
@@ -37,7 +37,15 @@ def _quiet():
         exporter_log.setLevel(level)
 
 
-def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, lowering: str, opset: int | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Written:
+    """How a model file was written, for its niff.json record."""
+
+    exporter: str
+    opset: int | None = None
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, lowering: str, opset: int | None) -> Written:
     """Export with a dynamic batch axis, then run onnx.checker's full check on the file.
 
     The matmul lowering goes through the TorchScript-based exporter (seconds for a ResNet-50); the
@@ -85,14 +93,14 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, lowering: st
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise ExportError(f"the exported ONNX model fails onnx.checker: {exc}") from exc
-    return {"lowering": lowering, "opset": opset, "exporter": exporter}
+    return Written(exporter, opset)
 
 
-def write_torchscript(model: nn.Module, path: Path) -> dict[str, Any]:
+def write_torchscript(model: nn.Module, path: Path) -> Written:
     """Script (not trace) the baked model, so any batch size and device work after torch.jit.load."""
     try:
         with _quiet():
             torch.jit.script(model).save(str(path))
     except Exception as exc:
         raise ExportError(f"TorchScript export failed: {exc}") from exc
-    return {"exporter": "torch.jit.script"}
+    return Written("torch.jit.script")

@@ -30,6 +30,7 @@ from niff_contract import CalibrationRecord, CompactLayer, CompactRecord
 from niff_export.errors import ExportError
 from niff_export.images import SAMPLE_PHOTOS
 from niff_export.kernels import FilterLayer, KernelStats, find_filter_layers, measure_layers, spatial_kernels
+from niff_export.options import option
 from niff_export.parity import AgreementReport
 from niff_export.spectral import SpectralConv, SpectralMix
 
@@ -113,12 +114,53 @@ class CompactRequest:
     them, its agreement on the gate's two generic photos must.
     """
 
-    mass: float | None = None
-    error: float | None = None
-    kernel: int | None = None
-    min_agreement: float = 1.0
-    calibration: Path | None = None
-    max_accuracy_drop: float = 0.0
+    mass: float | None = option(
+        None,
+        flag="--compact",
+        metavar="MASS",
+        parse=float,
+        help="compact every spectral layer whose kernels keep MASS (0 < MASS <= 1) of their L1 mass inside some "
+        "odd KxK window, with the smallest such K",
+    )
+    error: float | None = option(
+        None,
+        flag="--compact-error",
+        metavar="E",
+        parse=float,
+        help="instead of --compact: per layer the smallest K whose relative spectral error is <= E",
+    )
+    kernel: int | None = option(
+        None,
+        flag="--compact-kernel",
+        metavar="K",
+        parse=int,
+        help="odd window side: alone, every layer gets KxK; with --compact/--compact-error, K caps their choice",
+    )
+    min_agreement: float = option(
+        1.0,
+        flag="--compact-min-agreement",
+        metavar="A",
+        parse=float,
+        help="least top-1 agreement (0..1) of the compact model with the exact one on a flat --calibration "
+        "folder, or without --calibration on the built-in photos (default: {default}; 0 accepts anything)",
+    )
+    calibration: Path | None = option(  # noqa: RUF009 (option is dataclasses.field with metadata)
+        None,
+        metavar="DIR",
+        parse=Path,
+        help="your images from the model's domain, which then decide the gate (the built-in photos are only "
+        "reported): as DIR/<class name>/<image> (class names = the model's labels) the gate is the top-1 "
+        "accuracy drop (--compact-max-accuracy-drop); a flat folder of images gates on agreement "
+        "(--compact-min-agreement)",
+    )
+    max_accuracy_drop: float = option(
+        0.0,
+        flag="--compact-max-accuracy-drop",
+        metavar="D",
+        parse=float,
+        help="with labelled --calibration images: the largest share by which the compact model's top-1 accuracy "
+        "may fall below the exact model's (default: {default}, nothing lost; 0.005 = half a point)",
+    )
 
     def __post_init__(self) -> None:
         if self.mass is None and self.error is None and self.kernel is None:

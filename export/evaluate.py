@@ -150,13 +150,14 @@ def evaluate_checkpoint(
     *,
     compact: CompactRequest | None = None,
     arch: str | None = None,
+    num_classes: int | None = None,
     trust_pickle: bool = False,
     ema: bool = False,
     batch_size: int = 32,
     progress: Progress | None = None,
 ) -> Evaluation:
     """The eager checkpoint, its exact export and (with ``compact``) a compact export, side by side."""
-    model = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle, ema=ema).eval()
+    model = load_model(checkpoint, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, ema=ema)
     with tempfile.TemporaryDirectory(prefix="niff-eval-") as tmp:
         exact = export_model(model, size, tmp, "exact", formats=("onnx",))
         folder = read_model_folder(exact.path)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from niff_contract import ContractError
+from niff_export.cli_common import add_checkpoint_options, checkpoint_arguments, run
 from niff_export.compact import CompactRequest
 from niff_export.errors import ExportError
 from niff_export.evaluate import Evaluation, evaluate_checkpoint, evaluate_folder
@@ -25,16 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--compact-kernel/--compact/--compact-error, a compact export side by side. For an exported model "
         "folder: its model.onnx.",
     )
-    parser.add_argument("model", type=Path, help="a NIFF checkpoint, or an exported model folder (with niff.json)")
+    add_checkpoint_options(
+        parser,
+        "evaluate",
+        checkpoint="model",
+        checkpoint_help="a NIFF checkpoint, or an exported model folder (with niff.json)",
+        size_required=False,
+    )
     parser.add_argument("--images", type=Path, required=True, help="DIR/<class name>/<image>")
-    parser.add_argument("--size", type=int, help="input side length for a checkpoint, e.g. 224 (square)")
     compact = parser.add_argument_group("compact export beside the exact one (checkpoints only; see niff-export)")
     compact.add_argument("--compact", type=float, metavar="MASS", help="kernels keeping this share of the L1 mass")
     compact.add_argument("--compact-error", type=float, metavar="E", help="kernels with spectral error at most E")
     compact.add_argument("--compact-kernel", type=int, metavar="K", help="KxK kernels (a cap with the others)")
-    parser.add_argument("--arch", help="architecture, when the checkpoint's keys are ambiguous")
-    parser.add_argument("--ema", action="store_true", help="the EMA weights of a training checkpoint")
-    parser.add_argument("--trust-pickle", action="store_true", help="allow a pickled model (runs its code)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
     parser.add_argument("--out", type=Path, help="write eval.json and eval.md into this folder")
     return parser
@@ -57,7 +59,7 @@ def _progress(done: int, total: int) -> None:
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images", end=end, file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace) -> Evaluation:
+def run_evaluation(args: argparse.Namespace) -> Evaluation:
     if args.batch_size < 1:
         raise ExportError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
@@ -77,32 +79,24 @@ def run(args: argparse.Namespace) -> Evaluation:
         args.size,
         args.images,
         compact=_compact(args),
-        arch=args.arch,
-        trust_pickle=args.trust_pickle,
-        ema=args.ema,
         batch_size=args.batch_size,
         progress=_progress,
+        **checkpoint_arguments(args),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run(PROG, lambda: _evaluate(args), status=2)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    try:
-        evaluation = run(args)
-        if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "eval.json").write_text(evaluation.to_json(), encoding="utf-8")
-            (args.out / "eval.md").write_text(evaluation.markdown(), encoding="utf-8")
-    except (ExportError, ContractError) as exc:
-        print(f"{PROG}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    evaluation = run_evaluation(args)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "eval.json").write_text(evaluation.to_json(), encoding="utf-8")
+        (args.out / "eval.md").write_text(evaluation.markdown(), encoding="utf-8")
     print(evaluation.markdown(), end="")
     written = f"; wrote {args.out / 'eval.json'} and {args.out / 'eval.md'}" if args.out is not None else ""
     print(f"{PROG}: {time.perf_counter() - started:.1f} s{written}", file=sys.stderr)

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from niff_contract import Agreement, Parity, ParityRow, ToleranceOverride
-from niff_export.errors import ExportError
 
 FP32_TOLERANCE = 1e-4
 # Half precision keeps ~3 significant digits per operation; across a deep network the logits drift
@@ -45,10 +44,11 @@ def compare(candidate: str, inputs: str, reference: Tensor, output: Tensor) -> P
     )
 
 
-def check_tolerance(tolerance: float | None) -> None:
-    """A user's parity tolerance is a relative error: strictly between 0 and 1 (None keeps the default)."""
-    if tolerance is not None and not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
-        raise ExportError(f"--parity-tolerance must be a relative error between 0 and 1 (exclusive), got {tolerance!r}")
+def tolerance_problem(tolerance: float) -> str | None:
+    """A user's parity tolerance is a relative error: strictly between 0 and 1."""
+    if isinstance(tolerance, (int, float)) and 0 < tolerance < 1:
+        return None
+    return f"must be a relative error between 0 and 1 (exclusive), got {tolerance!r}"
 
 
 def default_tolerance(fp16: bool) -> float:

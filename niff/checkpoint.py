@@ -29,6 +29,8 @@ STRIP_PREFIXES = ("module.", "_orig_mod.")
 # Optional metadata a checkpoint may carry beside its weights: {"preprocessing": {Preprocessing fields},
 # "labels": [class names]}. Our digits training script writes it; export and serving then need no flags.
 METADATA_KEY = "niff"
+# The frequency-filter MLPs' parameter names: every NIFF layer has one of them, other models none.
+NIFF_PARAMETERS = ("mlp_real", "mlp_imag", "mlp")
 # Harmless types training scripts store beside the weights (the ConvNeXt script saves its argparse args).
 SAFE_GLOBALS = [argparse.Namespace]
 
@@ -46,12 +48,15 @@ class CheckpointError(ValueError):
 
     ``option`` names the ``load_checkpoint`` argument that would resolve it (a key of ``ADVICE``), so a
     command line can word the advice with its own option names; ``problem`` is the message without it.
+    ``not_niff`` says, for weights that hold no NIFF layers, that the file is no NIFF checkpoint at all: the
+    better message for a tool that takes NIFF models only (a Python caller may be loading its own model).
     """
 
     def __init__(self, problem: str, option: str | None = None) -> None:
         super().__init__(f"{problem}; {ADVICE[option]}" if option else problem)
         self.problem = problem
         self.option = option
+        self.not_niff: str | None = None
 
 
 def read_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) -> Any:
@@ -162,12 +167,35 @@ def load_checkpoint(
 
     ``arch`` names a zoo model; without it the architecture is read from the keys. The class count
     comes from the checkpoint's head unless ``num_classes`` is given (then they must agree).
-    ``ema=True`` takes the EMA weights a training checkpoint carries.
+    ``ema=True`` takes the EMA weights a training checkpoint carries. A file that is no checkpoint is named
+    as what it is (a folder, an exported TorchScript model); for weights without NIFF layers that do not
+    load, the error's ``not_niff`` says so.
     """
+    path = os.fspath(path)
     stored = read_checkpoint(path, trust_pickle)
     state_dict = extract_state_dict(stored, ema)
+    try:
+        model = _fitted_model(path, state_dict, arch, num_classes)
+    except CheckpointError as exc:
+        if not has_niff_layers(state_dict):
+            exc.not_niff = (
+                f"{path} holds no NIFF layers (no frequency-filter weights 'mlp_real', 'mlp_imag' or 'mlp'): it is "
+                "not a NIFF checkpoint"
+            )
+        raise
+    model.niff_spec = _with_metadata(model.niff_spec, stored)
+    return model.eval()
+
+
+def has_niff_layers(state_dict: Mapping[str, Tensor]) -> bool:
+    """Whether the weights hold frequency-filter MLPs, which every NIFF layer has (``NIFF_PARAMETERS``)."""
+    return any(part in NIFF_PARAMETERS for key in state_dict for part in key.split("."))
+
+
+def _fitted_model(path: str, state_dict: Mapping[str, Tensor], arch: str | None, num_classes: int | None) -> nn.Module:
+    """The architecture ``state_dict`` is for (``arch``, else read from its keys), its weights loaded strictly."""
     if not state_dict:
-        raise CheckpointError(f"{os.fspath(path)} holds no tensors")
+        raise CheckpointError(f"{path} holds no tensors")
     head = head_classes(state_dict)
     if num_classes is not None and head is not None and num_classes != head:
         raise CheckpointError(f"num_classes={num_classes} but the checkpoint's classifier head has {head} classes")
@@ -185,8 +213,7 @@ def load_checkpoint(
     if problem:
         raise CheckpointError(f"checkpoint does not fit {model.niff_spec.arch or model.niff_spec.builder}: {problem}")
     model.load_state_dict(state_dict, strict=True)
-    model.niff_spec = _with_metadata(model.niff_spec, stored)
-    return model.eval()
+    return model
 
 
 def _with_metadata(spec: ModelSpec, stored: Any) -> ModelSpec:

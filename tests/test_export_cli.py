@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import re
 import subprocess
@@ -14,7 +16,12 @@ from model_helpers import zoo_model
 from torch import nn
 
 from niff import digits
-from niff_export.cli import main
+from niff_export import ExportError, ExportOptions, export_model
+from niff_export.cli import build_parser, main
+from niff_export.cli_common import record_from_args
+from niff_export.evaluate_cli import main as eval_main
+from niff_export.options import OPTION_KEY, Option, default_of, flag_of, shown
+from niff_export.report.cli import main as report_main
 from niff_export.tuning import candidates
 
 SMALL = 32
@@ -298,3 +305,74 @@ def test_the_dft_lowering_leaves_the_progress_lines_clean(checkpoint, tmp_path):
     lines = done.stderr.splitlines()
     assert lines[1].startswith("Preprocessing: ")
     assert all(PROGRESS_LINE.fullmatch(line) for line in lines[:1] + lines[2:]), done.stderr
+
+
+def _option_leaves(record: type, prefix: str = "") -> dict[str, tuple[str, Option, object]]:
+    """Every option an option record declares, by the parser destination it should have: (flag, spec, default)."""
+    leaves = {}
+    for item in dataclasses.fields(record):
+        assert OPTION_KEY in item.metadata, f"{record.__name__}.{item.name} declares no command-line option"
+        spec, dest = item.metadata[OPTION_KEY], prefix + item.name
+        if spec.record is not None:
+            leaves.update(_option_leaves(spec.record, dest + "."))
+        elif spec.keys:
+            leaves.update({f"{dest}.{key}": (flag_of(key, sub), sub, None) for key, sub in spec.keys})
+        else:
+            leaves[dest] = (flag_of(item.name, spec), spec, default_of(item))
+    return leaves
+
+
+def test_every_export_option_is_generated_from_the_options_record():
+    """One option per ExportOptions field (and per CompactRequest field and preprocessing key), with the
+    record's help, default and choices, and no option of its own beside them but the checkpoint's and
+    export_model's arguments."""
+    actions = [a for a in build_parser()._actions if a.dest != "help"]
+    by_dest = Counter(action.dest for action in actions)
+    leaves = _option_leaves(ExportOptions)
+    for dest, (flag, spec, default) in leaves.items():
+        assert by_dest[dest] == 1, dest
+        [action] = [a for a in actions if a.dest == dest]
+        assert action.option_strings == [flag]
+        assert action.help == spec.help.replace("{default}", shown(default))
+        assert action.choices == spec.choices
+        assert action.default is argparse.SUPPRESS  # an option left out takes the record's default
+    others = {"checkpoint", "size", "arch", "num_classes", "ema", "trust_pickle", "name", "out", "program_version"}
+    assert set(by_dest) - set(leaves) == others
+    assert record_from_args(ExportOptions, build_parser().parse_args(["ckpt.pt", "--size", "32"])) == ExportOptions()
+
+
+def test_the_options_record_checks_what_the_command_line_checks():
+    with pytest.raises(ExportError, match="--max-batch-size must be positive, got 0"):
+        ExportOptions(max_batch_size=0)
+    with pytest.raises(ExportError, match="--format has unknown format tflite; choose from onnx, torchscript"):
+        ExportOptions(formats=("tflite",))
+    with pytest.raises(ExportError, match="unknown --fft 'cufft'; choose one of matmul, dft, torch"):
+        ExportOptions(fft="cufft")
+    with pytest.raises(TypeError, match="not both"):
+        export_model(nn.Identity(), SMALL, "unused", options=ExportOptions(), fp16=True)
+
+
+@pytest.mark.parametrize("case", ["missing", "folder"])
+def test_the_three_commands_refuse_a_missing_checkpoint_and_a_folder_alike(tmp_path, capsys, case):
+    """One error line each, no traceback, each command's error status; niff-export and niff-report word it
+    the same (niff-eval also takes model folders, so it says what it looked for)."""
+    path = tmp_path / "absent.pt" if case == "missing" else tmp_path
+    out = str(tmp_path / "out")
+    commands = {
+        "niff-export": (main, [str(path), "--size", "32", "--out", out], 1),
+        "niff-report": (report_main, [str(path), "--size", "32", "--out", out], 1),
+        "niff-eval": (eval_main, [str(path), "--size", "32", "--images", str(tmp_path)], 2),
+    }
+    messages = {}
+    for prog, (command, args, status) in commands.items():
+        assert command(args) == status, prog
+        err = capsys.readouterr().err
+        [line] = [line for line in err.splitlines() if line.startswith(f"{prog}: error: ")]
+        assert err.splitlines()[-1] == line and "Traceback" not in err
+        messages[prog] = line.removeprefix(f"{prog}: error: ")
+    expected = (
+        f"no such checkpoint file: {path}" if case == "missing" else f"{path} is a directory, not a checkpoint file"
+    )
+    assert messages["niff-export"] == messages["niff-report"] == expected
+    assert str(path) in messages["niff-eval"]
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from niff_export.errors import ExportError
 from niff_export.kernels import FilterLayer, KernelStats, centred, find_filter_layers, measure_layers, pooled
+from niff_export.spec import resolve_spec
 
 # Kernels per layer kept for the example figure.
 EXAMPLES = 8
@@ -68,8 +69,9 @@ def analyse_model(
     model: nn.Module, size: int, name: str | None = None, progress: Callable[[int, FilterLayer], None] | None = None
 ) -> KernelReport:
     """Measure every depthwise and full NIFF layer of ``model`` at ``size``×``size`` input."""
-    spec = getattr(model, "niff_spec", None)
-    name = name or (spec.arch or spec.builder if spec else type(model).__name__)
+    if name is None:
+        spec = resolve_spec(model, size)
+        name = spec.arch or spec.builder
     layers = find_filter_layers(model, size)
     if not layers:
         raise ExportError(f"{name} has no NIFF filter layers (depthwise or full): there are no kernels to measure")

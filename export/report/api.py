@@ -10,9 +10,10 @@ from pathlib import Path
 
 from torch import nn
 
-from niff_export.api import MIN_SIZE, load_model
+from niff_export.api import load_model
 from niff_export.errors import ExportError
 from niff_export.kernels import FilterLayer
+from niff_export.options import check_size
 from niff_export.report.analysis import KernelReport, analyse_model
 from niff_export.report.figures import figures, require_matplotlib
 from niff_export.report.markdown import render
@@ -39,8 +40,7 @@ def report_model(
 
     Everything is computed and drawn before the first file is written, so a failure leaves nothing behind.
     """
-    if not isinstance(size, int) or size < MIN_SIZE:
-        raise ExportError(f"--size must be an integer of at least {MIN_SIZE}, got {size}")
+    check_size(size)
     out = Path(out_dir)
     check_out_dir(out)
     require_matplotlib()

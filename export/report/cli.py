@@ -8,8 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from niff_export.cli import _error_message, _positive, _size
-from niff_export.errors import ExportError
+from niff_export.cli_common import add_checkpoint_options, checkpoint_arguments, run
 from niff_export.kernels import THRESHOLDS, FilterLayer
 from niff_export.report.analysis import OVERSIZED_NOTE, effective_label
 from niff_export.report.api import ReportResult, report_checkpoint
@@ -33,27 +32,15 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import niff
+PROG = "niff-report"
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="niff-report", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file: a state_dict or a training checkpoint")
-    parser.add_argument("--size", type=_size, required=True, help="input side length in pixels, e.g. 224 (square)")
+    add_checkpoint_options(parser, "analyse")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the report into")
-    parser.add_argument(
-        "--arch",
-        metavar="NAME",
-        help="zoo architecture (default: read from the checkpoint's keys); one of: " + ", ".join(niff.list_models()),
-    )
-    parser.add_argument("--num-classes", type=_positive, metavar="N", help="class count (default: read from the head)")
-    parser.add_argument("--ema", action="store_true", help="analyse the EMA weights of a training checkpoint")
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow a checkpoint holding pickled Python objects (a whole nn.Module); loading one can run code",
-    )
     return parser
 
 
@@ -84,25 +71,13 @@ def _summary(result: ReportResult, elapsed: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run(PROG, lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    print(f"niff-report: {args.checkpoint} at {args.size}x{args.size}", file=sys.stderr, flush=True)
-    try:
-        result = report_checkpoint(
-            args.checkpoint,
-            args.size,
-            args.out,
-            arch=args.arch,
-            num_classes=args.num_classes,
-            trust_pickle=args.trust_pickle,
-            ema=args.ema,
-            progress=_show_layer,
-        )
-    except ExportError as exc:
-        print(f"niff-report: error: {_error_message(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("niff-report: interrupted", file=sys.stderr)
-        return 130
+    print(f"{PROG}: {args.checkpoint} at {args.size}x{args.size}", file=sys.stderr, flush=True)
+    result = report_checkpoint(args.checkpoint, args.size, args.out, progress=_show_layer, **checkpoint_arguments(args))
     print(_summary(result, time.perf_counter() - start))
     return 0
 
