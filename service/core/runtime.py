@@ -95,8 +95,7 @@ class ModelRuntime:
             max_queue_size=settings.max_queue_size,
             metrics=metrics,
             records_batches=backend.kind != "remote",
-            # A remote predictor runs the instances; its client sends one batch at a time.
-            instances=1 if backend.kind == "remote" else instance_groups(folder.config)[0],
+            instances=backend.parallel_batches or instance_groups(folder.config)[0],
         )
         self.ready = False
 

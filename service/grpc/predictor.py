@@ -12,8 +12,10 @@ import logging
 import math
 import mmap
 import os
+import queue
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -30,14 +32,16 @@ from niff_serve.grpc.shared_memory import SHM_DIR
 logger = logging.getLogger(__name__)
 # How often start-up asks a predictor that is not ready yet (it may start after this server).
 _READY_POLL_S = 1.0
+# Batches of one model a front end has at the predictor at once.
+IN_FLIGHT = 4
 
 
 class SharedTensors:
-    """One model's batch in shared memory with the predictor: the inputs, then the logits after them.
+    """One batch in shared memory with the predictor: the inputs, then the logits after them.
 
-    The batcher runs one batch of a model at a time, so one region per model suffices. The file under
-    /dev/shm is removed as soon as the predictor has mapped it: the memory lives as long as either process
-    holds it, and nothing is left behind if both die.
+    A backend holds one per batch it may have in flight. The file under /dev/shm is removed as soon as the
+    predictor has mapped it: the memory lives as long as either process holds it, and nothing is left behind
+    if both die. Pages are allocated as batches touch them.
     """
 
     def __init__(self, folder: ModelFolder, max_batch_size: int) -> None:
@@ -79,21 +83,30 @@ def _point(parameters: Any, region: str, offset: int, byte_size: int) -> None:
 
 
 class RemoteBackend(Backend):
-    """One model of a remote predictor: ``run`` sends a batch as raw FP32 bytes (or, with ``shared``, in shared
-    memory, the message carrying only where) and reads the logits back."""
+    """One model of a remote predictor: ``run`` sends a batch as raw FP32 bytes (or, with ``shared`` regions,
+    in shared memory, the message carrying only where) and reads the logits back.
+
+    Several batches are in flight at once (``IN_FLIGHT``): with one, a front end would wait for each batch's
+    answer before sending the next, and the predictor would wait its batching delay for requests that
+    cannot come.
+    """
 
     kind = "remote"
     device = "remote"
+    parallel_batches = IN_FLIGHT
 
     def __init__(
-        self, channel: grpc.Channel, folder: ModelFolder, timeout_s: float, shared: SharedTensors | None = None
+        self, channel: grpc.Channel, folder: ModelFolder, timeout_s: float, shared: Sequence[SharedTensors] = ()
     ) -> None:
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         self._name, self._version = folder.name, folder.version
         self._input, self._output = folder.manifest.input.name, folder.manifest.output.name
         self._classes = folder.num_classes
         self._timeout_s = timeout_s
-        self._shared = shared
+        self._shared = list(shared)
+        self._free: queue.SimpleQueue[SharedTensors] = queue.SimpleQueue()
+        for region in shared:
+            self._free.put(region)
         self._most: int | None = None
         self.platform = ""
 
@@ -121,8 +134,8 @@ class RemoteBackend(Backend):
         metadata = self._stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=self._name, version=self._version))
         self.platform = metadata.platform
         self._most = self._predictor_batch_limit()
-        if self._shared is not None:
-            self._shared.register(self._stub)
+        for region in self._shared:
+            region.register(self._stub)
 
     def _predictor_batch_limit(self) -> int | None:
         """The predictor's max_batch_size for the model (its config), or None when it does not say."""
@@ -142,18 +155,24 @@ class RemoteBackend(Backend):
         request = service_pb2.ModelInferRequest(model_name=self._name, model_version=self._version)
         request.inputs.add(name=self._input, datatype="FP32", shape=batch.shape)
         request.outputs.add(name=self._output)
-        if self._shared is None:
+        if not self._shared:
             request.raw_input_contents.append(np.ascontiguousarray(batch, dtype="<f4").tobytes())
-        else:
-            self._shared.request(request, batch, self._classes)
+            response = self._call(request)
+            shape = tuple(response.outputs[0].shape)
+            return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(shape)
+        region = self._free.get()  # one is free: the batcher runs at most IN_FLIGHT batches at once
         try:
-            response = self._stub.ModelInfer(request, timeout=self._timeout_s)
+            region.request(request, batch, self._classes)
+            self._call(request)
+            return region.logits(len(batch), self._classes)
+        finally:
+            self._free.put(region)
+
+    def _call(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
+        try:
+            return self._stub.ModelInfer(request, timeout=self._timeout_s)
         except grpc.RpcError as error:
             raise _service_error(error) from None
-        if self._shared is not None:
-            return self._shared.logits(len(batch), self._classes)
-        shape = tuple(response.outputs[0].shape)
-        return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(shape)
 
 
 def _service_error(error: grpc.RpcError) -> InferenceFailed | ServiceUnavailable | DeadlineExceeded:
@@ -176,7 +195,7 @@ def remote_loader(settings: Settings) -> BackendLoader:
     channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1)])
 
     def load(folder: ModelFolder, _: Settings, max_batch_size: int) -> Backend:
-        shared = SharedTensors(folder, max_batch_size) if local else None
+        shared = [SharedTensors(folder, max_batch_size) for _ in range(IN_FLIGHT)] if local else []
         backend = RemoteBackend(channel, folder, settings.request_timeout_s, shared)
         backend.wait_ready(address, settings.startup_timeout_s)
         return backend

@@ -13,12 +13,16 @@ DeviceKind = Literal["cpu", "cuda", "remote"]
 
 
 class Backend(ABC):
-    """A loaded model. ``run`` is called from one worker thread at a time, never on the event loop."""
+    """A loaded model. ``run`` is called from as many worker threads at once as the model has instances (or
+    ``parallel_batches``), never on the event loop."""
 
     kind: BackendKind
     device: DeviceKind
     # The model's platform as Triton names it (onnxruntime_onnx, pytorch_libtorch), for v2 metadata.
     platform: str
+    # Batches ``run`` takes at once whatever config.pbtxt's instance_group says (a remote predictor's client);
+    # None: as many as the model's instances.
+    parallel_batches: int | None = None
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
