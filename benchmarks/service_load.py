@@ -35,12 +35,8 @@ import http.client
 import itertools
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -49,7 +45,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
+from server_process import ServerProcess, free_port
 from tritonclient.grpc import service_pb2
 
 from niff_contract import read_model_folder
@@ -144,96 +140,31 @@ def raw_backend_throughput(args: argparse.Namespace) -> tuple[float, str]:
     return runs * batch_size / elapsed, f"{backend.kind} on {backend.device}, batch {batch_size}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its child processes (a server's worker processes)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return [pid, *(int(child) for child in children.read_text().split())] if children.exists() else [pid]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of ``pid`` and its child processes so far."""
-    total = 0.0
-    for member in process_tree(pid):
-        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-class Server:
+class Server(ServerProcess):
     """``python -m niff_serve`` on 127.0.0.1 with free HTTP and gRPC ports; its JSON log goes to a temporary file."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.port, self.grpc_port = free_port(), free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="niff-serve-", suffix=".log", delete=False)  # noqa: SIM115
+        port, self.grpc_port = free_port(), free_port()
         command = [sys.executable, "-m", "niff_serve", "--model-repository", str(args.model_repository)]
-        command += ["--port", str(self.port), "--grpc-port", str(self.grpc_port)]
+        command += ["--port", str(port), "--grpc-port", str(self.grpc_port)]
         command += ["--backend", args.backend, "--device", args.device]
         command += ["--max-batch-size", str(args.max_batch_size), "--backend-threads", str(args.backend_threads)]
         command += ["--log-level", "warning", *args.server_arg]
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIFF_")}
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        super().__init__(command, port, env, "niff-serve-")
         deadline = time.monotonic() + 300
-        while not self._ready():
+        while not self.ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise SystemExit(f"the server did not start; its log: {self.log.name}")
             time.sleep(0.2)
 
-    def _ready(self) -> bool:
-        try:
-            return self.get("/v2/health/ready")[0] == 200
-        except OSError:
-            return False
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time of the server process and its worker processes so far."""
-        return cpu_seconds(self.process.pid)
-
     def stage_cpu(self, model: str) -> dict[str, float]:
         """The server's ``niff_cpu_seconds`` counters for ``model``, by stage."""
-        text = self.get("/metrics")[1].decode()
-        return {
-            sample.labels["stage"]: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "niff_cpu_seconds_total" and sample.labels.get("model") == model
-        }
-
-    def batch_histogram(self, model: str) -> tuple[float, float]:
-        """(sum, count) of the model's batch sizes so far."""
-        text = self.get("/metrics")[1].decode()
-        values = {
-            sample.name: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.labels.get("model") == model and sample.name in ("niff_batch_size_sum", "niff_batch_size_count")
-        }
-        return values.get("niff_batch_size_sum", 0.0), values.get("niff_batch_size_count", 0.0)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+        samples = self.metric_samples(
+            lambda name, labels: name == "niff_cpu_seconds_total" and labels.get("model") == model
+        )
+        return {labels["stage"]: value for _, labels, value in samples}
 
 
 class HttpClient:
