@@ -34,10 +34,11 @@ class Settings(BaseSettings):
     backend: Backend = Field("auto", description="Runtime: auto picks ONNX Runtime unless only TorchScript fits.")
     predictor: str | None = Field(
         None,
-        pattern=r"^(grpc://[^/\s]+:[0-9]{1,5}|unix:/\S+)$",
+        pattern=r"^(grpc://[^/\s,]+:[0-9]{1,5}|unix:/[^\s,]+)(,(grpc://[^/\s,]+:[0-9]{1,5}|unix:/[^\s,]+))*$",
         description="grpc://HOST:PORT of a KServe v2 predictor (another niff-serve, or Triton serving the same "
         "folders' model.onnx) that runs the models: this server then only decodes, preprocesses and answers "
-        "(a transformer), and loads no runtime. unix:PATH is the split topology's own inference process.",
+        "(a transformer), and loads no runtime. Several, comma-separated, share the batches. unix:PATH is the "
+        "split topology's own inference process.",
     )
     device: Device = Field("auto", description="auto uses a GPU when the chosen runtime can reach one.")
     max_batch_size: int | None = Field(
@@ -126,6 +127,13 @@ class Settings(BaseSettings):
         le=64,
         description="Server processes sharing the port (default: one per available CPU, up to 4; replicated on a "
         "GPU: one; split: up to 8).",
+    )
+    inference_processes: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="Split topology: inference processes, each holding every model, the front ends sharing their "
+        "batches among them (default: one per visible GPU; one on a CPU host).",
     )
     topology: Topology = Field(
         "auto",

@@ -14,6 +14,7 @@ import mmap
 import os
 import queue
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -184,20 +185,51 @@ def _service_error(error: grpc.RpcError) -> InferenceFailed | ServiceUnavailable
     return InferenceFailed(f"the predictor answered {code.name}: {details}")
 
 
-def remote_loader(settings: Settings) -> BackendLoader:
-    """Backends that call ``settings.predictor`` over one shared channel, each waiting at start-up (up to
-    ``startup_timeout_s``) for the predictor to serve its model. A ``unix:`` predictor is the split topology's
-    inference process, on this host: the tensors go through shared memory."""
-    assert settings.predictor is not None
-    local = settings.predictor.startswith("unix:")
-    address = settings.predictor.removeprefix("grpc://")
-    # This server's own batches, whatever their size (gRPC's default limit is 4 MiB).
-    channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1)])
+class SharedPredictors(Backend):
+    """One model on several predictors (the split topology's inference processes, one per GPU): each batch goes
+    to the predictor with the fewest of this server's batches in flight."""
 
-    def load(folder: ModelFolder, _: Settings, max_batch_size: int) -> Backend:
+    kind = "remote"
+    device = "remote"
+
+    def __init__(self, predictors: Sequence[RemoteBackend]) -> None:
+        self._predictors = list(predictors)
+        self._in_flight = [0] * len(predictors)
+        self._lock = threading.Lock()
+        self.platform = predictors[0].platform
+        self.parallel_batches = IN_FLIGHT * len(predictors)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            index = self._in_flight.index(min(self._in_flight))
+            self._in_flight[index] += 1
+        try:
+            return self._predictors[index].run(batch)
+        finally:
+            with self._lock:
+                self._in_flight[index] -= 1
+
+
+def remote_loader(settings: Settings) -> BackendLoader:
+    """Backends that call the predictors ``settings.predictor`` names (one channel each), each waiting at
+    start-up (up to ``startup_timeout_s``) for its predictors to serve the model. A ``unix:`` predictor is the
+    split topology's inference process, on this host: the tensors go through shared memory."""
+    assert settings.predictor is not None
+    addresses = [address.removeprefix("grpc://") for address in settings.predictor.split(",")]
+    # This server's own batches, whatever their size (gRPC's default limit is 4 MiB).
+    channels = {
+        address: grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1)]) for address in addresses
+    }
+
+    def connect(address: str, folder: ModelFolder, max_batch_size: int) -> RemoteBackend:
+        local = address.startswith("unix:")
         shared = [SharedTensors(folder, max_batch_size) for _ in range(IN_FLIGHT)] if local else []
-        backend = RemoteBackend(channel, folder, settings.request_timeout_s, shared)
+        backend = RemoteBackend(channels[address], folder, settings.request_timeout_s, shared)
         backend.wait_ready(address, settings.startup_timeout_s)
         return backend
+
+    def load(folder: ModelFolder, _: Settings, max_batch_size: int) -> Backend:
+        predictors = [connect(address, folder, max_batch_size) for address in addresses]
+        return predictors[0] if len(predictors) == 1 else SharedPredictors(predictors)
 
     return load

@@ -26,7 +26,7 @@ from niff_serve.core.settings import ENV_PREFIX, Settings, env_name, unknown_env
 from niff_serve.grpc.server import check_grpc_port
 from niff_serve.process.exit import PROG, fail
 from niff_serve.process.serving import serve
-from niff_serve.process.workers import split_topology, supervise, worker_count
+from niff_serve.process.workers import inference_count, split_topology, supervise, worker_count
 from niff_serve.version import __version__
 
 
@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if workers == 1 and not split:
             serve(settings)
             return
-        status = supervise(settings, workers, split)
+        inference = inference_count(settings, device) if split else 0
+        status = supervise(settings, workers, inference, gpus=device == "cuda")
     except ConfigurationError as exc:  # a port taken since its check
         fail(f"start-up failed: {exc}", status=1)
     if status:

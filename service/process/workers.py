@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from niff_serve.core.devices import cuda_device_count
 from niff_serve.core.metrics import PROMETHEUS_DIR_ENV
 from niff_serve.core.ports import cannot_listen
 from niff_serve.core.settings import Settings, warn_about_unknown_env
@@ -52,6 +53,14 @@ def split_topology(settings: Settings, device: str) -> bool:
     if settings.predictor is not None:
         return False
     return settings.topology == "split" or (settings.topology == "auto" and device == "cuda")
+
+
+def inference_count(settings: Settings, device: str) -> int:
+    """Inference processes of the split topology: ``settings.inference_processes``, or one per visible GPU when
+    a model runs on one (one on a CPU host)."""
+    if settings.inference_processes is not None:
+        return settings.inference_processes
+    return max(1, cuda_device_count()) if device == "cuda" else 1
 
 
 def worker_count(settings: Settings, device: str, split: bool = False) -> int:
@@ -99,7 +108,7 @@ _TICK_S = 0.25
 
 
 class _Supervisor:
-    """The children of one server (front-end workers and, in the split topology, the inference process) and
+    """The children of one server (front-end workers and, in the split topology, the inference processes) and
     what the supervisor knows of them."""
 
     def __init__(self, settings: Settings, workers: int, listener: socket.socket, metrics_dir: str) -> None:
@@ -112,7 +121,7 @@ class _Supervisor:
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.lives: dict[int, ChildLiveness] = {}
         self.front_ends: list[int] = []
-        self.inference: int | None = None
+        self.inference: list[int] = []
         self.exited: set[int] = set()
         self.given_up: set[int] = set()
         self.stopping = False
@@ -126,16 +135,27 @@ class _Supervisor:
         for _ in range(count):
             self.front_ends.append(self._start("niff_serve.process.worker", message, [self.listener.fileno()], []))
 
-    def spawn_inference(self, socket_path: str) -> None:
-        """The inference process (split topology); the front ends spawned after it call it on ``socket_path``."""
+    def spawn_inference(self, sockets_dir: str, count: int, gpus: bool) -> None:
+        """``count`` inference processes (split topology), each on a socket in ``sockets_dir`` and, on ``gpus``,
+        each seeing one GPU; the front ends spawned after them share their batches among them."""
         # The socket's folder (0700) is the access control: the front ends check the API key.
         message = settings_message(self.settings.model_copy(update={"workers": 1, "api_key": None}))
-        self.inference = self._start("niff_serve.process.inference", message, [], [socket_path])
-        # The front ends hand every request on at once: the inference process forms the batches, with the delay.
-        update = {"predictor": f"unix:{socket_path}", "max_batch_delay_ms": 0}
+        sockets = [os.path.join(sockets_dir, f"inference-{index}.sock") for index in range(count)]
+        for index, path in enumerate(sockets):
+            env = {**self.env, "CUDA_VISIBLE_DEVICES": str(index)} if gpus else self.env
+            self.inference.append(self._start("niff_serve.process.inference", message, [], [path], env))
+        # The front ends hand every request on at once: the inference processes form the batches, with the delay.
+        update = {"predictor": ",".join(f"unix:{path}" for path in sockets), "max_batch_delay_ms": 0}
         self.front_end_settings = self.front_end_settings.model_copy(update=update)
 
-    def _start(self, module: str, message: bytes, inherited: list[int], arguments: list[str]) -> int:
+    def _start(
+        self,
+        module: str,
+        message: bytes,
+        inherited: list[int],
+        arguments: list[str],
+        env: dict[str, str] | None = None,
+    ) -> int:
         """``python -m module SUPERVISOR_PID *arguments *inherited BEAT PULSE SETTINGS``; its pid."""
         beat_read, beat_write = os.pipe()
         pulse_read, pulse_write = os.pipe()
@@ -144,7 +164,7 @@ class _Supervisor:
             pipe.write(message)
         fds = [*inherited, beat_write, pulse_read, settings_read]
         command = [sys.executable, "-m", module, str(os.getpid()), *arguments, *map(str, fds)]
-        child = subprocess.Popen(command, env=self.env, pass_fds=fds)
+        child = subprocess.Popen(command, env=env or self.env, pass_fds=fds)
         for fd in (beat_write, pulse_read, settings_read):
             os.close(fd)
         self.children[child.pid] = child
@@ -153,19 +173,20 @@ class _Supervisor:
         return child.pid
 
     def stop_all(self) -> None:
-        """SIGTERM to every front end; the inference process gets its own once they have all stopped (they
-        drain through it)."""
+        """SIGTERM to every front end; the inference processes get theirs once the front ends have all stopped
+        (they drain through them)."""
         self.stopping = True
         for pid in self.front_ends:
             self._signal(pid)
         self._stop_inference_when_alone()
 
     def _stop_inference_when_alone(self) -> None:
-        if self.inference is None or self._inference_stopped:
+        if not self.inference or self._inference_stopped:
             return
         if all(pid in self.exited for pid in self.front_ends):
             self._inference_stopped = True
-            self._signal(self.inference)
+            for pid in self.inference:
+                self._signal(pid)
 
     def _signal(self, pid: int) -> None:
         child = self.children[pid]
@@ -203,7 +224,7 @@ class _Supervisor:
             self._stop_inference_when_alone()
 
     def _name(self, pid: int) -> str:
-        return f"the inference process {pid}" if pid == self.inference else f"worker {pid}"
+        return f"the inference process {pid}" if pid in self.inference else f"worker {pid}"
 
     def _give_up(self, life: ChildLiveness, why: str) -> None:
         """Kill a child that cannot serve and stop the server (exit status 1), logging why once."""
@@ -233,11 +254,11 @@ class _Supervisor:
             life.close()
 
 
-def supervise(settings: Settings, workers: int, split: bool = False) -> int:
-    """Run ``workers`` front-end processes on one socket (and, when ``split``, one inference process that holds
-    the models) until they have all stopped; their exit status.
+def supervise(settings: Settings, workers: int, inference: int = 0, gpus: bool = False) -> int:
+    """Run ``workers`` front-end processes on one socket (and, in the split topology, ``inference`` processes
+    that hold the models, one per GPU on ``gpus``) until they have all stopped; their exit status.
 
-    The inference process starts first, then the first front end alone: a model that cannot load ends the
+    The inference processes start first, then the first front end alone: a model that cannot load ends the
     server with that process's one error line, and the others start only once it serves. Once all have
     started, or the server is asked to stop before that, the supervisor lets go of the socket: when every
     front end has stopped accepting (the drain), connections are refused. It logs once all serve.
@@ -265,8 +286,8 @@ def supervise(settings: Settings, workers: int, split: bool = False) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     try:
-        if split:
-            supervisor.spawn_inference(os.path.join(sockets_dir, "inference.sock"))
+        if inference:
+            supervisor.spawn_inference(sockets_dir, inference, gpus)
         else:
             supervisor.spawn(1)
         announced = False
@@ -280,13 +301,9 @@ def supervise(settings: Settings, workers: int, split: bool = False) -> int:
                 supervisor.spawn(1 if not supervisor.front_ends else workers - len(supervisor.front_ends))
                 continue
             announced = True
-            pids = list(supervisor.children)
-            if split:
-                logger.info(
-                    "serving with %d front-end processes and an inference process", workers, extra={"pids": pids}
-                )
-            else:
-                logger.info("serving with %d worker processes", workers, extra={"pids": pids})
+            shape = f"front-end processes and {inference} inference process{'es' if inference > 1 else ''}"
+            shape = shape if inference else "worker processes"
+            logger.info("serving with %d %s", workers, shape, extra={"pids": list(supervisor.children)})
         if supervisor.status or asked is None:
             return supervisor.status
         return 128 + signal.SIGINT if asked == signal.SIGINT else 0  # Ctrl-C: a shell's usual 130

@@ -232,7 +232,7 @@ def run_cli(dockerfile, pyproject, tiny_repository, monkeypatch):
         main = load_target(script_target(pyproject, serve_script_name(pyproject)))
         cli = sys.modules[main.__module__]
         # Several workers: each serves the supervisor's socket with the same settings, as this process would.
-        monkeypatch.setattr(cli, "supervise", lambda settings, workers, split: cli.serve(settings))
+        monkeypatch.setattr(cli, "supervise", lambda settings, *_, **__: cli.serve(settings))
         checked: list[Any] = []
         monkeypatch.setattr(cli, "check_ports", checked.append)
         with preserved_logging():

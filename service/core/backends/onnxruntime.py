@@ -10,7 +10,6 @@ differs, not with ONNX Runtime's message from the warm-up.
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,11 @@ import onnxruntime as ort
 
 from niff_contract import TRITON_PLATFORMS
 from niff_serve.core.backends.base import Backend, DeviceKind
+from niff_serve.core.devices import cuda_device_count
 from niff_serve.core.errors import ConfigurationError
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 FLOAT32 = "tensor(float)"
-
-
-def cuda_device_count() -> int:
-    """GPUs the NVIDIA driver reports; 0 on a host without the driver or without a GPU."""
-    try:
-        driver = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
 
 
 def load_cuda_libraries() -> None:
