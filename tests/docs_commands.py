@@ -142,6 +142,9 @@ CLASSIFIED: dict[str, Classification] = {
     ),
     "docs/benchmarks.md#f7606ba3": NotRunnable("a load benchmark: 512 clients for 60 s (--duration)"),
     "docs/benchmarks.md#79494c78": NotRunnable("a load benchmark: 300 s and 551 s (the docs' own times)"),
+    "docs/benchmarks.md#56232017": NotRunnable(  # feeding_power.py
+        "a benchmark: 16 min, four runs of 227-238 s (the docs' own times), exports included"
+    ),
     "docs/benchmarks.md#a9f6f55e": NotRunnable(  # torch_export_vs_torchscript.py
         "a benchmark: 7 rounds of 3 s per candidate and model, exports included (minutes)"
     ),
