@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tiny_onnx
 import tritonclient.http as triton_http
 from PIL import Image
 from polling import free_port, wait_until
@@ -31,8 +32,6 @@ from sklearn.datasets import load_sample_images
 
 from niff_contract import ImageLimits, Preprocessing, Preprocessor, read_model_folder
 from niff_serve.core.postprocessing import softmax
-
-from . import tiny_onnx
 
 API_KEY = "test-key-0123456789"
 TINY = "tiny"  # 10 classes, 32x32, ONNX and TorchScript

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import tiny_onnx
 from tritonclient.grpc import service_pb2
 
 from niff_contract import Preprocessor, read_model_folder
@@ -20,7 +21,6 @@ from niff_serve.core.state import ServiceState
 from niff_serve.grpc.server import InferenceServicer
 from niff_serve.grpc.shared_memory import SHM_DIR, SharedMemoryRegions
 
-from . import tiny_onnx
 from .conftest import MINI, TINY
 from .test_inprocess_http import digit_png
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_onnx
 from PIL import Image
 from sklearn.datasets import load_digits
 from starlette.testclient import TestClient
@@ -21,7 +22,6 @@ from niff_serve.core.postprocessing import softmax
 from niff_serve.core.settings import Settings
 from niff_serve.process.serving import create_app
 
-from . import tiny_onnx
 from .conftest import MINI, TINY
 
 pytestmark = pytest.mark.fast

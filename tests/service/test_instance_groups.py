@@ -7,12 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+import tiny_onnx
 
 from niff_contract import ContractError, instance_groups, parse_config, read_model_folder
 from niff_serve.core.backends import choose_backend
 from niff_serve.core.settings import Settings
-
-from . import tiny_onnx
 
 pytestmark = pytest.mark.fast
 

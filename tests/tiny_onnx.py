@@ -1,5 +1,5 @@
 """A model folder built without torch: a tiny ONNX classifier written with ``onnx.helper`` and the contract's
-records, for the in-process tests (``make test-fast``).
+records, for the tests that need a real model folder but not torch (the fast tier, the deploy contract).
 
 The model averages each colour channel and maps the three means linearly to the classes: small, exact in
 float32, and sensitive to every pixel the preprocessing produces, so a wrong crop, scale or normalization
@@ -86,7 +86,7 @@ def write_folder(
         format_version=FORMAT_VERSION,
         name=name,
         version=version,
-        builder="tests.service.tiny_onnx",
+        builder="tests/tiny_onnx.py",
         num_classes=len(labels),
         input=TensorSpec(name="input", shape=(3, size, size), layout="NCHW"),
         output=TensorSpec(name="logits", shape=(len(labels),)),
