@@ -109,7 +109,7 @@ def unknown_input(name: str, shape: TensorShape) -> BadRequest:
 
 
 def decode_tensor(
-    datatype: str, dims: list[int], raw: bytes | None, numbers: np.ndarray | None, shape: TensorShape
+    datatype: str, dims: list[int], raw: bytes | memoryview | None, numbers: np.ndarray | None, shape: TensorShape
 ) -> np.ndarray:
     """The ``input`` tensor from its little-endian bytes (``raw``) or from its values (``numbers``)."""
     expected = [3, shape.size, shape.size]

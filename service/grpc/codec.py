@@ -157,7 +157,11 @@ def decode_infer_request(
         raise BadRequest(f"input {item.name!r} names a shared memory region and also carries data")
     if shared is not None and item.name != TENSOR_INPUT:
         raise BadRequest(f"only input {TENSOR_INPUT!r} can be read from shared memory")
-    raw = _raw_contents(request, item) if shared is None else _shared_bytes(shared, regions, item.name)
+    if shared is None:
+        raw: bytes | memoryview | None = _raw_contents(request, item)
+    else:
+        assert regions is not None  # _region_of refuses shared memory without regions
+        raw = regions.view(*shared, f"input {item.name!r}")
     dims = list(item.shape)
     if item.name == TENSOR_INPUT:
         values = _typed_contents(item) if raw is None else None
@@ -201,13 +205,6 @@ def _region_of(
     if not isinstance(name, str) or not isinstance(size, int) or not isinstance(offset, int):
         raise BadRequest(f"{what}: shared_memory_region (string), shared_memory_byte_size and _offset (int64)")
     return name, offset, size
-
-
-def _shared_bytes(shared: tuple[str, int, int], regions: SharedMemoryRegions | None, name: str) -> memoryview:
-    assert regions is not None
-    region, offset, size = shared
-    [found] = regions.regions(region)
-    return found.view(offset, size, f"input {name!r}")
 
 
 def _raw_contents(

@@ -96,16 +96,12 @@ class SharedMemoryRegions:
                 raise NotFound(f"no shared memory region {name!r} is registered")
             return [self._regions[name]]
 
-    def tensor(self, name: str, offset: int, byte_size: int, what: str) -> np.ndarray:
-        """The region's bytes as little-endian float32, without a copy."""
+    def view(self, name: str, offset: int, byte_size: int, what: str) -> memoryview:
+        """``byte_size`` bytes at ``offset`` of region ``name``, without a copy."""
         [region] = self.regions(name)
-        return np.frombuffer(region.view(offset, byte_size, what), dtype="<f4")
+        return region.view(offset, byte_size, what)
 
     def write(self, name: str, offset: int, byte_size: int, array: np.ndarray, what: str) -> None:
-        [region] = self.regions(name)
         if array.nbytes > byte_size:
             raise BadRequest(f"{what}: {array.nbytes} bytes do not fit the {byte_size} given in region {name!r}")
-        np.frombuffer(region.view(offset, array.nbytes, what), dtype="<f4")[:] = array.ravel()
-
-    def close(self) -> None:
-        self.unregister("")
+        np.frombuffer(self.view(name, offset, array.nbytes, what), dtype="<f4")[:] = array.ravel()

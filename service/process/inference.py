@@ -18,13 +18,12 @@ import asyncio  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
-from niff_contract import ContractError  # noqa: E402
 from niff_serve.core.logs import configure_logging  # noqa: E402
 from niff_serve.core.settings import Settings  # noqa: E402
 from niff_serve.core.state import ServiceState  # noqa: E402
 from niff_serve.grpc.server import GrpcEndpoint  # noqa: E402
 from niff_serve.process.child import follow_supervisor, read_settings  # noqa: E402
-from niff_serve.process.exit import fail  # noqa: E402
+from niff_serve.process.exit import fail, startup_reason  # noqa: E402
 from niff_serve.process.liveness import WorkerLiveness  # noqa: E402
 
 logger = logging.getLogger("niff_serve.process.inference")  # run as __main__
@@ -42,8 +41,7 @@ async def serve_models(settings: Settings, socket_path: str, liveness: WorkerLiv
         await endpoint.start()
     except Exception as exc:
         await state.stop()
-        reason = str(exc) if isinstance(exc, ContractError) else f"{type(exc).__name__}: {exc}"
-        fail(f"start-up failed: {reason}", status=1)
+        fail(f"start-up failed: {startup_reason(exc)}", status=1)
     liveness.ready()
     logger.info("inference process serving", extra={"models": list(state.models), "socket": socket_path})
     await stop.wait()

@@ -20,7 +20,6 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from niff_contract import ContractError
 from niff_serve.core.memory import release_freed_memory
 from niff_serve.core.settings import Settings
 from niff_serve.core.state import ServiceState, Supervision
@@ -28,7 +27,7 @@ from niff_serve.grpc.predictor import remote_loader
 from niff_serve.grpc.server import GrpcEndpoint
 from niff_serve.http.app import http_app
 from niff_serve.http.connections import ConnectionLimits, limited_protocol, raise_open_file_limit
-from niff_serve.process.exit import fail
+from niff_serve.process.exit import fail, startup_reason
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
                 await state.stop()
                 raise
         except Exception as exc:
-            state.startup_error = str(exc) if isinstance(exc, ContractError) else f"{type(exc).__name__}: {exc}"
+            state.startup_error = startup_reason(exc)
             logger.error("start-up failed: %s", state.startup_error)
             raise
         yield

@@ -113,7 +113,6 @@ class _Supervisor:
 
     def __init__(self, settings: Settings, workers: int, listener: socket.socket, metrics_dir: str) -> None:
         self.settings = settings
-        self.workers = workers
         self.front_end_settings = worker_settings(settings, workers)
         self.env = worker_environment(metrics_dir)
         self.listener = listener

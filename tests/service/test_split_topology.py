@@ -31,12 +31,17 @@ def start(repository: Path, log: Path, *args: str) -> ServerProcess:
     return server
 
 
+def inference_pids(server: ServerProcess) -> list[int]:
+    return [
+        pid
+        for pid in workers_of(server)
+        if b"niff_serve.process.inference" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
 def roles(server: ServerProcess) -> tuple[int, list[int]]:
     """The inference process's pid and the front ends' pids."""
-    children = workers_of(server)
-    inference = [
-        pid for pid in children if b"niff_serve.process.inference" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    children, inference = workers_of(server), inference_pids(server)
     assert len(inference) == 1 and len(children) == 3, children
     return inference[0], [pid for pid in children if pid != inference[0]]
 
@@ -214,8 +219,7 @@ def test_several_inference_processes_share_the_batches(repository: Path, tmp_pat
     try:
         server.wait_ready()
         wait_until(lambda: "serving with 2 front-end processes and 2 inference processes" in server.log(), "not all up")
-        module = b"niff_serve.process.inference"
-        inference = [pid for pid in workers_of(server) if module in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        inference = inference_pids(server)
         assert len(inference) == 2
         before = [cpu_ticks(pid) for pid in inference]
         batch = np.random.default_rng(5).normal(size=(8, 3, 32, 32)).astype(np.float32)

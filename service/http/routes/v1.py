@@ -138,7 +138,7 @@ async def classify(name: str, request: Request) -> Response:
         top_k = _top_k(request.query_params.get("top_k"), runtime.folder.num_classes)
         uploads = await image_uploads(request, body, max_files=runtime.max_batch_size)
         inference = InferenceRequest(runtime.name, images=uploads, version=runtime.folder.version)
-        return Classification(inference, {}, uploads, top_k)
+        return Classification(inference, {}, top_k)
 
     answered = await state.dataplane.call(http_call(request, name), body_reader(request, state), decode, watch(request))
     runtime, result, uploads = answered.runtime, answered.result, answered.decoded.uploads
@@ -171,8 +171,14 @@ async def classify(name: str, request: Request) -> Response:
 
 @dataclass(frozen=True)
 class Classification(DecodedRequest):
-    uploads: Sequence[Upload]
+    """A classify request: its images, and how many classes to answer for each."""
+
     top_k: int
+
+    @property
+    def uploads(self) -> Sequence[Upload]:
+        assert self.inference.images is not None  # classify always sends images
+        return self.inference.images
 
 
 def _top_k(text: str | None, num_classes: int) -> int:
